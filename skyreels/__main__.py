@@ -1,0 +1,5 @@
+import sys
+
+from skyreels.cli import main
+
+sys.exit(main())

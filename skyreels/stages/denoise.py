@@ -1,0 +1,181 @@
+"""Denoise stage: noise -> video latents with the HunyuanVideo DiT, flow-match Euler, true CFG."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
+
+from skyreels.progress import StepCallback, StepProgress
+from skyreels.stages.conditioning import Conditioning, ImageCondition, PromptEmbeds
+
+logger = logging.getLogger(__name__)
+
+VAE_TEMPORAL_COMPRESSION = 4
+VAE_SPATIAL_COMPRESSION = 8
+
+
+@dataclass(frozen=True)
+class DenoiseParams:
+    """The sampling settings of one video, in the units the DiT expects."""
+
+    num_frames: int
+    height: int
+    width: int
+    num_inference_steps: int
+    guidance_scale: float  # true CFG; > 1 needs a negative prompt in the conditioning
+    embedded_guidance_scale: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.height % VAE_SPATIAL_COMPRESSION or self.width % VAE_SPATIAL_COMPRESSION:
+            raise ValueError(f"height and width must be multiples of {VAE_SPATIAL_COMPRESSION}")
+        if (self.num_frames - 1) % VAE_TEMPORAL_COMPRESSION:
+            raise ValueError(f"num_frames must be {VAE_TEMPORAL_COMPRESSION}k+1")
+
+    @property
+    def latent_frames(self) -> int:
+        return (self.num_frames - 1) // VAE_TEMPORAL_COMPRESSION + 1
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return self.height // VAE_SPATIAL_COMPRESSION, self.width // VAE_SPATIAL_COMPRESSION
+
+
+class DenoiseStage:
+    """Runs the DiT over the sampling schedule. Stateless between calls: safe to share."""
+
+    def __init__(
+        self,
+        transformer: HunyuanVideoTransformer3DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        batch_cfg: bool = True,
+    ) -> None:
+        self.transformer = transformer.eval().requires_grad_(False)
+        self.scheduler_config = scheduler.config
+        # Both CFG branches in one forward (batch 2) is faster; one after the other halves activations.
+        self.batch_cfg = batch_cfg
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        transformer_dir: str | Path,
+        scheduler_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        batch_cfg: bool = True,
+    ) -> DenoiseStage:
+        transformer = HunyuanVideoTransformer3DModel.from_pretrained(transformer_dir, torch_dtype=dtype).to(device)
+        return cls(transformer, FlowMatchEulerDiscreteScheduler.from_pretrained(scheduler_dir), batch_cfg=batch_cfg)
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer.config.out_channels
+
+    @property
+    def takes_image(self) -> bool:
+        """SkyReels-V1-I2V: the image latents are concatenated to the noise on channels."""
+        return self.transformer.config.in_channels == 2 * self.latent_channels
+
+    def initial_noise(self, params: DenoiseParams, image: ImageCondition | None = None) -> torch.Tensor:
+        """Noise for the full latent shape, drawn on a CPU generator as diffusers draws it.
+
+        Drawn once for the whole video, whatever the device or the later sharding, so a seed gives
+        the same video everywhere.
+        """
+        generator = torch.Generator("cpu")
+        if image is None:
+            generator.manual_seed(params.seed)
+        else:
+            generator.set_state(image.generator_state)
+        shape = (1, self.latent_channels, params.latent_frames, *params.latent_size)
+        return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+    @torch.inference_mode()
+    def denoise(
+        self,
+        conditioning: Conditioning,
+        params: DenoiseParams,
+        image: ImageCondition | None = None,
+        on_step: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Returns the denoised latents (1, C, T', H/8, W/8), float32, on the stage's device."""
+        if self.takes_image != (image is not None):
+            raise ValueError(
+                "this transformer is an I2V model and needs an image" if self.takes_image
+                else "this transformer is a T2V model and takes no image"
+            )
+        use_cfg = params.guidance_scale > 1.0
+        if use_cfg and conditioning.negative is None:
+            raise ValueError("guidance_scale > 1 (true CFG) needs a negative prompt")
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+        sigmas = np.linspace(1.0, 0.0, params.num_inference_steps + 1)[:-1]
+        scheduler.set_timesteps(sigmas=sigmas, device=self.device)
+        scheduler.set_begin_index(0)
+
+        latents = self.initial_noise(params, image).to(self.device)
+        image_latents = self._padded_image_latents(image, params) if image is not None else None
+        conditioning = conditioning.to(self.device, self.dtype)
+        guidance = torch.tensor([params.embedded_guidance_scale * 1000.0], dtype=self.dtype, device=self.device)
+
+        total = len(scheduler.timesteps)
+        for index, timestep in enumerate(scheduler.timesteps):
+            model_input = latents.to(self.dtype)
+            if image_latents is not None:
+                model_input = torch.cat([model_input, image_latents], dim=1)
+            noise_pred = self._predict_noise(model_input, timestep, conditioning, guidance, params, use_cfg)
+            latents = scheduler.step(noise_pred, timestep, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step(StepProgress(step=index + 1, total=total))
+        return latents
+
+    def _predict_noise(
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        conditioning: Conditioning,
+        guidance: torch.Tensor,
+        params: DenoiseParams,
+        use_cfg: bool,
+    ) -> torch.Tensor:
+        if not use_cfg:
+            return self._forward(model_input, timestep, [conditioning.positive], guidance)
+        branches = [conditioning.positive, conditioning.negative]
+        if self.batch_cfg:
+            positive, negative = self._forward(model_input.repeat(2, 1, 1, 1, 1), timestep, branches, guidance).chunk(2)
+        else:
+            positive, negative = (self._forward(model_input, timestep, [branch], guidance) for branch in branches)
+        return negative + params.guidance_scale * (positive - negative)
+
+    def _forward(
+        self, model_input: torch.Tensor, timestep: torch.Tensor, prompts: list[PromptEmbeds], guidance: torch.Tensor
+    ) -> torch.Tensor:
+        batch = model_input.shape[0]
+        return self.transformer(
+            hidden_states=model_input,
+            timestep=timestep.expand(batch).to(torch.float32),
+            encoder_hidden_states=torch.cat([p.embeds for p in prompts]),
+            encoder_attention_mask=torch.cat([p.mask for p in prompts]),
+            pooled_projections=torch.cat([p.pooled for p in prompts]),
+            guidance=guidance.expand(batch),
+            return_dict=False,
+        )[0]
+
+    def _padded_image_latents(self, image: ImageCondition, params: DenoiseParams) -> torch.Tensor:
+        """The first-frame latents followed by zeros over the remaining latent frames."""
+        first = image.latents.to(self.device, torch.float32)
+        padding = first.new_zeros(1, first.shape[1], params.latent_frames - 1, *params.latent_size)
+        return torch.cat([first, padding], dim=2).to(self.dtype)
