@@ -64,7 +64,8 @@ def resolve_model(source: str, task: Task | str, settings: ModelSettings | None 
             "nor a transformer directory (config.json of a HunyuanVideoTransformer3DModel)"
         )
     if source.count("/") == 1 and not path.exists():
-        return ModelPaths(base=_resolve_base(settings.base_model), transformer=_download(source, _TRANSFORMER_FILES))
+        transformer = _download(source, _TRANSFORMER_FILES)
+        return ModelPaths(base=_resolve_base(settings.base_model), transformer=transformer)
     raise ModelNotAvailableError(
         f"unknown model source {source!r}: use 'tiny', a local directory, or a Hub id such as "
         f"{HUB_TRANSFORMERS[task]!r}"

@@ -64,8 +64,15 @@ def make_tiny_model(path: str | Path, task: Task | str = Task.T2V, seed: int = 0
     task = Task(task)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        _write_components(path, task)
+    (path / "model_index.json").write_text(json.dumps(_model_index(task), indent=2))
+    logger.info("wrote tiny %s model to %s", task.value, path)
+    return path
 
+
+def _write_components(path: Path, task: Task) -> None:
     llama_tokenizer = _build_llama_tokenizer()
     llama_tokenizer.save_pretrained(path / "tokenizer")
     LlamaModel(
@@ -119,9 +126,6 @@ def make_tiny_model(path: str | Path, task: Task | str = Task.T2V, seed: int = 0
     ).save_pretrained(path / "vae")
 
     FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT).save_pretrained(path / "scheduler")
-    (path / "model_index.json").write_text(json.dumps(_model_index(task), indent=2))
-    logger.info("wrote tiny %s model to %s", task.value, path)
-    return path
 
 
 def _build_llama_tokenizer() -> PreTrainedTokenizerFast:

@@ -1,0 +1,90 @@
+"""Job outputs through fsspec: a local directory by default, any fsspec URL on a cluster.
+
+Layout: ``{root}/{job_id}/{name}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import uuid
+
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+logger = logging.getLogger(__name__)
+
+VIDEO = "video.mp4"
+THUMBNAIL = "thumbnail.jpg"
+INPUT_IMAGE = "input.png"
+
+# One path segment: starts with a letter or digit, no separators, no "..", bounded length.
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def _check_segment(kind: str, value: str) -> str:
+    if not _SEGMENT.fullmatch(value) or ".." in value:
+        raise ValueError(f"invalid {kind} {value!r}: use letters, digits, '.', '_', '-' only")
+    return value
+
+
+class ArtifactStore:
+    """Bytes per (job id, name) under one root URL (a path, ``s3://...``, ``memory://...``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.fs, root = url_to_fs(url)
+        self.root = root.rstrip("/")
+        self._local = isinstance(self.fs, LocalFileSystem)
+        if self._local:
+            self.fs.makedirs(self.root or "/", exist_ok=True)
+        logger.info("artifacts at %s", url)
+
+    def _dir(self, job_id: str) -> str:
+        return f"{self.root}/{_check_segment('job id', job_id)}"
+
+    def _path(self, job_id: str, name: str) -> str:
+        return f"{self._dir(job_id)}/{_check_segment('artifact name', name)}"
+
+    def put(self, job_id: str, name: str, data: bytes) -> None:
+        """Write an artifact, replacing any previous one; atomic on a local filesystem."""
+        path = self._path(job_id, name)
+        if not self._local:
+            # Object stores publish an object whole or not at all.
+            self.fs.pipe_file(path, data)
+            return
+        job_dir = self._dir(job_id)
+        self.fs.makedirs(job_dir, exist_ok=True)
+        # A leading dot: never a valid artifact name, so a half-written file is never served.
+        tmp = f"{job_dir}/.{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def get(self, job_id: str, name: str) -> bytes:
+        """The artifact's bytes; FileNotFoundError if it is missing."""
+        return self.fs.cat_file(self._path(job_id, name))
+
+    def exists(self, job_id: str, name: str) -> bool:
+        return self.fs.isfile(self._path(job_id, name))
+
+    def size(self, job_id: str, name: str) -> int:
+        """Size in bytes; FileNotFoundError if it is missing."""
+        return int(self.fs.size(self._path(job_id, name)))
+
+    def delete(self, job_id: str) -> None:
+        """Remove all of a job's artifacts; nothing happens if it has none."""
+        try:
+            self.fs.rm(self._dir(job_id), recursive=True)
+        except FileNotFoundError:
+            pass
