@@ -5,6 +5,7 @@ Layout: ``{root}/{job_id}/{name}``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -65,10 +66,8 @@ class ArtifactStore:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
 
     def get(self, job_id: str, name: str) -> bytes:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from skyreels.request import GenerationRequest, Task
 from skyreels.stages.denoise import DenoiseParams, DenoiseStage
 from skyreels.stages.text import TextEncoderStage
 from skyreels.stages.vae import VaeStage
+from skyreels.timing import timed
 from skyreels.video import encode_mp4
 
 logger = logging.getLogger(__name__)
@@ -93,16 +92,16 @@ class LocalPipeline:
         request = request.with_seed()
         params = denoise_params(request)
         timings: dict[str, float] = {}
-        with _timed(timings, "text"):
+        with timed(timings, "text"):
             negative = request.negative_prompt if request.uses_true_cfg else None
             conditioning = self.text.encode(request.prompt, negative)
         image = None
         if request.image is not None:
-            with _timed(timings, "image_encode"):
+            with timed(timings, "image_encode"):
                 image = self.vae.encode_image(request.image, request.height, request.width, params.seed)
-        with _timed(timings, "denoise"):
+        with timed(timings, "denoise"):
             latents = self.denoise.denoise(conditioning, params, image=image, on_step=on_step)
-        with _timed(timings, "decode"):
+        with timed(timings, "decode"):
             frames = self.vae.decode(latents)
         logger.info("generated seed %d in %s", params.seed, {k: round(v, 3) for k, v in timings.items()})
         return GenerationResult(frames=frames, seed=params.seed, fps=request.fps, timings=timings)
@@ -116,13 +115,3 @@ class LocalPipeline:
             seed = (first_seed + index) % 2**32
             yield self.generate(request.model_copy(update={"seed": seed}), on_step=on_step)
 
-
-@contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        timings[name] = time.perf_counter() - start

@@ -108,6 +108,16 @@ def _write_components(path: Path, task: Task) -> None:
         )
     ).save_pretrained(path / "text_encoder_2")
 
+    AutoencoderKLHunyuanVideo(
+        latent_channels=LATENT_CHANNELS,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+    ).save_pretrained(path / "vae")
+
+    FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT).save_pretrained(path / "scheduler")
+
+    # Last, so that every other component is the same for both tasks, as in the real model.
     # SkyReels-V1-I2V concatenates the image latents on channels: twice the input channels.
     in_channels = LATENT_CHANNELS * (2 if task is Task.I2V else 1)
     HunyuanVideoTransformer3DModel(
@@ -118,14 +128,6 @@ def _write_components(path: Path, task: Task) -> None:
         **TRANSFORMER_CONFIG,
     ).save_pretrained(path / "transformer")
 
-    AutoencoderKLHunyuanVideo(
-        latent_channels=LATENT_CHANNELS,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-    ).save_pretrained(path / "vae")
-
-    FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT).save_pretrained(path / "scheduler")
 
 
 def _build_llama_tokenizer() -> PreTrainedTokenizerFast:

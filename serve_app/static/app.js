@@ -150,7 +150,10 @@
   function fmtTime(ts) {
     if (!ts) return "";
     const d = new Date(ts * 1000);
-    return d.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+    const today = new Date().toDateString() === d.toDateString();
+    return today
+      ? d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" })
+      : d.toLocaleDateString(undefined, { month: "short", day: "numeric" });
   }
 
   function statusLabel(status) {
@@ -313,7 +316,9 @@
       upsertCard(job, { prepend: true });
       follow(job);
     } catch (e) {
-      showError(e.status ? `The server refused the request (HTTP ${e.status}):\n${e.message}` : e.message);
+      if (!e.status) showError(e.message);
+      else if (e.status >= 500) showError(`Server error (HTTP ${e.status}):\n${e.message}`);
+      else showError(`The server refused the request (HTTP ${e.status}):\n${e.message}`);
     } finally {
       state.submitting = false;
       el.submit.disabled = false;
@@ -493,6 +498,11 @@
       const job = await api(jobUrl(id, "/cancel"), { method: "POST" });
       if (job && job.id) render(job);
     } catch (e) {
+      if (e.status === 409) {
+        // it finished meanwhile: show how it ended
+        poll(id);
+        return;
+      }
       el.cancel.disabled = false;
       showError(`Cancel failed: ${e.message}`);
     }
@@ -666,6 +676,23 @@
     }
   }
 
+  /** Cards of unfinished jobs other than the followed one: refresh them now and then. */
+  async function refreshRunningCards() {
+    if (document.visibilityState === "hidden") return;
+    const ids = [...el.gallery.querySelectorAll(".badge.queued, .badge.in_progress")]
+      .map((b) => b.closest("li").dataset.id)
+      .filter((id) => id !== state.jobId)
+      .slice(0, 8);
+    for (const id of ids) {
+      try {
+        const job = await api(jobUrl(id));
+        upsertCard(job);
+      } catch (e) {
+        if (e.status === 404) removeCard(id);
+      }
+    }
+  }
+
   // ---------------------------------------------------------------- wiring
 
   el.form.addEventListener("submit", onSubmit);
@@ -680,6 +707,7 @@
   onSizeChange();
   loadModels();
   loadGallery(true);
+  setInterval(refreshRunningCards, 3000);
 
   // for tests and debugging
   window.skyreelsPage = { state, follow, loadGallery };

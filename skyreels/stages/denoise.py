@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +104,6 @@ class DenoiseStage:
         shape = (1, self.latent_channels, params.latent_frames, *params.latent_size)
         return torch.randn(shape, generator=generator, dtype=torch.float32)
 
-    @torch.inference_mode()
     def denoise(
         self,
         conditioning: Conditioning,
@@ -112,6 +112,16 @@ class DenoiseStage:
         on_step: StepCallback | None = None,
     ) -> torch.Tensor:
         """Returns the denoised latents (1, C, T', H/8, W/8), float32, on the stage's device."""
+        for progress, latents in self.steps(conditioning, params, image):
+            if on_step is not None:
+                on_step(progress)
+        return latents
+
+    @torch.inference_mode()
+    def steps(
+        self, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None
+    ) -> Iterator[tuple[StepProgress, torch.Tensor]]:
+        """The sampling loop, one step per iteration: the caller may stop between any two steps."""
         if self.takes_image != (image is not None):
             raise ValueError(
                 "this transformer is an I2V model and needs an image" if self.takes_image
@@ -138,9 +148,7 @@ class DenoiseStage:
                 model_input = torch.cat([model_input, image_latents], dim=1)
             noise_pred = self._predict_noise(model_input, timestep, conditioning, guidance, params, use_cfg)
             latents = scheduler.step(noise_pred, timestep, latents, return_dict=False)[0]
-            if on_step is not None:
-                on_step(StepProgress(step=index + 1, total=total))
-        return latents
+            yield StepProgress(step=index + 1, total=total), latents
 
     def _predict_noise(
         self,

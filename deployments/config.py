@@ -1,0 +1,40 @@
+"""What every stage deployment needs to know: which models, on which device, in which dtype."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from skyreels.models import TINY, ModelPaths, resolve_model
+from skyreels.request import Task
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(TINY, description="T2V model source: 'tiny', a directory or a Hub id.")
+    i2v_model: str | None = Field(
+        None, description="I2V model source; defaults to the tiny I2V preset when model is 'tiny', else off."
+    )
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Where each stage runs its model.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights and activations.")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    @property
+    def sources(self) -> dict[Task, str]:
+        """The model source of every task the application serves."""
+        i2v = self.i2v_model or (TINY if self.model == TINY else None)
+        return {Task.T2V: self.model} | ({Task.I2V: i2v} if i2v else {})
+
+    def paths(self, task: Task) -> ModelPaths:
+        return resolve_model(self.sources[task], task)
+
+    @property
+    def base_paths(self) -> ModelPaths:
+        """Text encoders, tokenizers and VAE are the HunyuanVideo base, shared by both tasks."""
+        return self.paths(next(iter(self.sources)))

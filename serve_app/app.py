@@ -1,0 +1,62 @@
+"""The application builder: `serve run serve_app.app:build_app model=tiny` or a cluster/*.yaml.
+
+The only place that turns the plain deployment classes into Serve deployments. Resources and
+autoscaling of each stage come from the Serve config's `deployments:` list; the defaults below
+suit the local CPU run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+
+from deployments.config import StageConfig
+from deployments.denoiser import Denoiser, gang_bundles
+from deployments.text_encoder import TextEncoder
+from deployments.vae import Vae
+from serve_app.ingress import VideoIngress
+from serve_app.schemas import MODEL_I2V, MODEL_T2V
+from skyreels.request import Task
+
+
+class AppConfig(StageConfig):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpus_per_replica: int = Field(1, ge=1, le=8, description="DiT gang size: GPU worker actors per Denoiser replica.")
+    worker_cpus: float = Field(1.0, gt=0, description="CPUs reserved for each DiT worker.")
+    database_path: str = Field("/tmp/skyreels-serve/jobs.sqlite3", description="SQLite file of the job records.")
+    artifact_url: str = Field("/tmp/skyreels-serve/artifacts", description="fsspec URL where videos are written.")
+    max_queued_jobs: int = Field(64, ge=1, description="Submits beyond this many waiting jobs get 429.")
+    max_running_jobs: int = Field(4, ge=1, description="Jobs in flight across the stages at once.")
+
+
+def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
+    config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
+    stage_config = StageConfig(**config.model_dump(include=set(StageConfig.model_fields)))
+    text = serve.deployment(TextEncoder, name="TextEncoder", ray_actor_options={"num_cpus": 0.5})
+    vae = serve.deployment(Vae, name="Vae", ray_actor_options={"num_cpus": 0.5})
+    denoiser = serve.deployment(
+        Denoiser,
+        name="Denoiser",
+        ray_actor_options={"num_cpus": 0.1},
+        placement_group_bundles=gang_bundles(config.gpus_per_replica, 0.1, config.worker_cpus),
+        placement_group_strategy="STRICT_PACK",  # one node: NCCL over NVLink, not the network
+        max_ongoing_requests=2,
+        health_check_period_s=2,
+    )
+    ingress = serve.deployment(VideoIngress, name="VideoIngress",
+                               ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=1000)
+    served = [{Task.T2V: MODEL_T2V, Task.I2V: MODEL_I2V}[task] for task in stage_config.sources]
+    return ingress.bind(
+        text.bind(stage_config),
+        denoiser.bind(stage_config, config.gpus_per_replica, config.worker_cpus),
+        vae.bind(stage_config, config.artifact_url),
+        served,
+        config.database_path,
+        config.artifact_url,
+        config.max_queued_jobs,
+        config.max_running_jobs,
+    )

@@ -1,0 +1,106 @@
+"""From the HTTP submit body to a validated job, with the library's own validation rules."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import uuid
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
+
+from serve_app.schemas import MODEL_I2V, MODEL_T2V, Job, VideoCreateParams
+from skyreels.request import GenerationRequest, Task
+
+SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
+DATA_URL_PATTERN = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.DOTALL)
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+TASKS = {MODEL_T2V: Task.T2V, MODEL_I2V: Task.I2V}
+
+
+class InvalidRequest(ValueError):
+    """A submit the service refuses; the message says what is allowed."""
+
+    def __init__(self, message: str, status_code: int = 422) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """'WIDTHxHEIGHT' -> (height, width)."""
+    match = SIZE_PATTERN.match(size.strip())
+    if not match:
+        raise InvalidRequest(f"size must be WIDTHxHEIGHT such as 960x544, 544x960 or 720x720, got {size!r}")
+    width, height = map(int, match.groups())
+    return height, width
+
+
+def decode_data_url(data_url: str) -> bytes:
+    match = DATA_URL_PATTERN.match(data_url)
+    if not match:
+        raise InvalidRequest("input_reference must be a data URL: data:image/<type>;base64,<data>")
+    try:
+        return base64.b64decode(match.group(1), validate=True)
+    except binascii.Error as error:
+        raise InvalidRequest(f"input_reference is not valid base64 ({error})") from error
+
+
+def normalize_image(data: bytes) -> bytes:
+    """Any image Pillow reads -> PNG bytes of its RGB pixels."""
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidRequest(f"input_reference is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+    try:
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise InvalidRequest(f"input_reference is not a readable image ({error})") from error
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# Fields a submit body and a stored job share with GenerationRequest, under the same names.
+SHARED_FIELDS = (
+    "prompt", "negative_prompt", "num_frames", "num_inference_steps",
+    "guidance_scale", "embedded_guidance_scale", "seed", "fps",
+)
+
+
+def new_job(params: VideoCreateParams, image_png: bytes | None, served_models: list[str]) -> Job:
+    """Validates everything known at submit, so nothing fails mid-run for a reason known now."""
+    if params.model not in served_models:
+        raise InvalidRequest(f"unknown model {params.model!r}; available models: {', '.join(served_models)}", 400)
+    try:
+        request = to_generation_request(params, image_png)
+    except ValidationError as error:
+        raise InvalidRequest(validation_message(error)) from error
+    return Job(
+        id=f"video_{uuid.uuid4().hex}",
+        model=params.model,
+        size=f"{request.width}x{request.height}",
+        has_input_reference=image_png is not None,
+        total_steps=request.num_inference_steps,
+        **request.with_seed().model_dump(include=set(SHARED_FIELDS)),
+    )
+
+
+def to_generation_request(source: VideoCreateParams | Job, image_png: bytes | None) -> GenerationRequest:
+    height, width = parse_size(source.size)
+    return GenerationRequest(
+        task=TASKS[source.model],
+        height=height,
+        width=width,
+        image=Image.open(io.BytesIO(image_png)) if image_png is not None else None,
+        **{name: getattr(source, name) for name in SHARED_FIELDS},
+    )
+
+
+def validation_message(error: ValidationError) -> str:
+    """One line per rule broken, naming the field the client sent."""
+    renamed = {"height": "size", "width": "size", "image": "input_reference", "task": "model"}
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        lines.append(f"{renamed.get(field, field) or 'request'}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(lines)

@@ -1,0 +1,1 @@
+"""Process groups for the DiT gang (the only place that creates them)."""

@@ -1,0 +1,59 @@
+"""One torch.distributed group per DiT gang: NCCL on GPUs, gloo on CPU."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+    device: str  # "cpu" or "cuda"
+    timeout_s: float = 300.0
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.device == "cuda" else "gloo"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def init_group(spec: GroupSpec) -> None:
+    """Join this process to the gang's group (blocks until every rank has joined)."""
+    if dist.is_initialized():
+        raise RuntimeError("this process already belongs to a process group")
+    if spec.device == "cuda":
+        torch.cuda.set_device(0)  # each worker sees only its own GPU
+    dist.init_process_group(
+        backend=spec.backend,
+        init_method=f"tcp://{spec.master_addr}:{spec.master_port}",
+        rank=spec.rank,
+        world_size=spec.world_size,
+        timeout=timedelta(seconds=spec.timeout_s),
+    )
+
+
+def any_rank(flag: bool, device: str | torch.device = "cpu") -> bool:
+    """True on every rank when `flag` is true on at least one: ranks decide together."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
