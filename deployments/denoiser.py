@@ -16,13 +16,14 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import ray
+from ray import serve
 import torch
 from ray.exceptions import RayActorError
 from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from deployments.config import StageConfig
-from deployments.errors import GangWorkerDied
+from deployments.errors import GangUnavailable, GangWorkerDied
 from skyreels.parallel.group import GroupSpec, any_rank, free_port, init_group
 from skyreels.progress import StepProgress
 from skyreels.request import Task
@@ -99,8 +100,10 @@ class Denoiser:
                 "(build it with serve_app.app.build_app, which sets placement_group_bundles)"
             )
         worker_class = ray.remote(DiTWorker)
+        replica = serve.get_replica_context().replica_id.unique_id
         self.workers = [
             worker_class.options(
+                name=f"DiTWorker:{replica}:{rank}",
                 num_cpus=worker_cpus,
                 num_gpus=1,
                 max_concurrency=2,  # `cancel` must get through while `denoise` runs
@@ -122,7 +125,7 @@ class Denoiser:
         """Stream of StepProgress, ending with the DenoiseResult (or fewer steps when cancelled)."""
         async with self._lock:
             if self._dead:
-                raise GangWorkerDied(self._dead)
+                raise GangUnavailable(self._dead)
             streams = [
                 worker.denoise.options(num_returns="streaming").remote(task, conditioning, params, image)
                 for worker in self.workers

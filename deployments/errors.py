@@ -3,3 +3,7 @@
 
 class GangWorkerDied(RuntimeError):
     """A DiT worker of the replica's gang died; the replica is replaced and the job must fail."""
+
+
+class GangUnavailable(GangWorkerDied):
+    """The gang was already broken when the request arrived: nothing ran, the caller may retry."""

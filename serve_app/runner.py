@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from deployments.errors import GangWorkerDied
+from deployments.errors import GangUnavailable, GangWorkerDied
 from serve_app.artifacts import INPUT_IMAGE, ArtifactStore
 from serve_app.metrics import JobMetrics
 from serve_app.requests import to_generation_request
@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 # Share of the progress bar each phase ends at; denoising fills the span in between.
 DENOISE_START, DENOISE_END = 5, 90
+# A broken gang is replaced by Serve within its health-check period plus a model load.
+GANG_RETRIES, GANG_RETRY_S = 40, 3.0
 
 
 class QueueFull(Exception):
@@ -167,14 +169,7 @@ class JobRunner:
 
             self._update(job_id, phase=JobPhase.DENOISING, progress=DENOISE_START, total_steps=params.num_inference_steps)
             with timed(metrics, "denoise"):
-                result = None
-                async for event in self.denoiser.denoise.remote(task, conditioning, params, image):
-                    if isinstance(event, StepProgress):
-                        span = DENOISE_END - DENOISE_START
-                        self._update(job_id, current_step=event.step,
-                                     progress=DENOISE_START + span * event.step // event.total)
-                    else:
-                        result = event
+                result = await self._denoise(job_id, task, conditioning, params, image)
 
             self._update(job_id, phase=JobPhase.DECODING, progress=DENOISE_END)
             with timed(metrics, "decode"):
@@ -187,6 +182,25 @@ class JobRunner:
         except Exception as error:  # noqa: BLE001 - every failure must end the job, with its reason
             logger.exception("job %s failed", job_id)
             self._finish(job_id, JobStatus.FAILED, _job_error(error), metrics=metrics)
+
+    async def _denoise(self, job_id: str, task: Task, conditioning: Any, params: Any, image: Any) -> Any:
+        """Streams the gang's steps into the job; waits out a gang that is being replaced."""
+        for attempt in range(GANG_RETRIES + 1):
+            try:
+                result = None
+                async for event in self.denoiser.denoise.remote(task, conditioning, params, image):
+                    if isinstance(event, StepProgress):
+                        span = DENOISE_END - DENOISE_START
+                        self._update(job_id, current_step=event.step,
+                                     progress=DENOISE_START + span * event.step // event.total)
+                    else:
+                        result = event
+                return result
+            except GangUnavailable:
+                if attempt == GANG_RETRIES:
+                    raise
+                logger.warning("job %s: the DiT gang is being replaced; retrying in %.0f s", job_id, GANG_RETRY_S)
+                await asyncio.sleep(GANG_RETRY_S)
 
     async def _generation_request(self, job: Job) -> GenerationRequest:
         image_png = None

@@ -176,9 +176,11 @@ def test_local_config_needs_no_gpu():
     assert config["http_options"] == {"host": "127.0.0.1", "port": 8000}
     deployments = _deployments(config)
     assert all(_gpus(d) == 0 for d in deployments.values())
-    # Fits a 2-core machine with a CPU left for the gang worker's bundle.
+    # Fits a 2-core machine: every replica, plus the gang workers' bundles of the Denoiser's
+    # placement group (the replica's own bundle 0 is what its num_cpus asks for).
     cpus = sum(d["ray_actor_options"]["num_cpus"] * _replicas(d, "max") for d in deployments.values())
-    assert cpus <= 1.0
+    cpus += args["worker_cpus"] * args["gpus_per_replica"] * _replicas(deployments["Denoiser"], "max")
+    assert cpus <= 2
     assert args["database_path"].startswith("/tmp/skyreels-serve/")
     assert args["artifact_url"].startswith("/tmp/skyreels-serve/")
 
@@ -233,9 +235,29 @@ def test_kuberay_serve_config_is_gpu8_with_cluster_storage():
 
 
 @pytest.mark.parametrize("name", SERVE_CONFIGS)
-def test_args_match_the_app_config(name):
+def test_config_applies_to_the_built_app(name):
+    """What Serve does at deploy time, without Ray: build the app from `args`, then apply each
+    deployment's options from the config to the deployment the app built. This is where a
+    Denoiser replica that no longer fits bundle 0 of the app's placement group is refused."""
     app_module = pytest.importorskip("serve_app.app")
-    app_module.AppConfig.model_validate(_args(SERVE_CONFIGS[name]))
+    from ray.serve._private.build_app import build_app as build_serve_app
+
+    config = SERVE_CONFIGS[name]
+    (app,) = config["applications"]
+    app_module.AppConfig.model_validate(app["args"])
+    built = build_serve_app(app_module.build_app(app["args"]), name=app["name"], default_runtime_env={})
+    assert built.ingress_deployment_name == "VideoIngress"
+    by_name = {d.name: d for d in built.deployments}
+    assert set(by_name) == STAGES
+    for options in app["deployments"]:
+        deployment = by_name[options["name"]].options(**{k: v for k, v in options.items() if k != "name"})
+        bundles = deployment._replica_config.placement_group_bundles
+        if options["name"] == "Denoiser":
+            # 1 bundle for the replica + one {"GPU": 1}-shaped bundle per gang worker.
+            assert len(bundles) == 1 + app["args"]["gpus_per_replica"]
+            assert sum(b.get("GPU", 0) for b in bundles) == app["args"]["gpus_per_replica"]
+        else:
+            assert bundles is None
 
 
 # --------------------------------------------------------------------------- KubeRay

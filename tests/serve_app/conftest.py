@@ -1,0 +1,80 @@
+"""The application on a local Ray with fake GPUs: one instance per test session.
+
+Ray starts once; `serve_app` deploys the full staged application (TextEncoder, a Denoiser gang of
+2 fake-GPU workers, Vae, VideoIngress) on a free port. Tests that need other settings deploy a
+second application under its own route prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from skyreels.parallel.group import free_port
+
+STARTUP_TIMEOUT_S = 240
+
+
+@dataclass(frozen=True)
+class RunningApp:
+    url: str
+    name: str
+    database_path: Path
+    artifact_dir: Path
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    # set before Ray starts so that every worker process inherits it
+    os.environ["SKYREELS_CACHE_DIR"] = str(tmp_path_factory.mktemp("model-cache"))
+    ray.init(num_cpus=16, num_gpus=8, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+    ray.shutdown()
+
+
+def deploy(port: int, root: Path, name: str, route_prefix: str, **settings) -> RunningApp:
+    from ray import serve
+
+    from serve_app.app import AppConfig, build_app
+
+    root.mkdir(parents=True, exist_ok=True)
+    config = AppConfig(database_path=str(root / "jobs.sqlite3"), artifact_url=str(root / "artifacts"), **settings)
+    serve.run(build_app(config), name=name, route_prefix=route_prefix, blocking=False)
+    app = RunningApp(url=f"http://127.0.0.1:{port}{route_prefix.rstrip('/')}", name=name,
+                     database_path=root / "jobs.sqlite3", artifact_dir=root / "artifacts")
+    wait_ready(app.url)
+    return app
+
+
+def wait_ready(url: str, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} was not ready within {timeout_s} s")
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_local: int, tmp_path_factory: pytest.TempPathFactory) -> RunningApp:
+    return deploy(ray_local, tmp_path_factory.mktemp("app"), "skyreels", "/", gpus_per_replica=2, max_queued_jobs=32)
+
+
+@pytest.fixture(scope="session")
+def serve_base_url(serve_app: RunningApp) -> str:
+    return serve_app.url
