@@ -141,21 +141,34 @@ class Denoiser:
                     worker.cancel.remote()
                 await asyncio.shield(asyncio.gather(self._drain(streams[0]), others, return_exceptions=True))
                 raise
-            except RayActorError as error:
+            except Exception as error:
                 others.cancel()
-                self._poison(f"a DiT worker died during denoising: {error}")
+                # a peer's death surfaces on the survivors as a failed collective: look at the gang
+                lost = await self._lost_workers()
+                if not lost and not isinstance(error, RayActorError):
+                    raise
+                self._poison(f"a DiT worker died during denoising (rank {', '.join(map(str, lost))}): {error!r}"[:800])
                 raise GangWorkerDied(self._dead) from error
 
     async def check_health(self) -> None:
         if self._dead:
             raise GangWorkerDied(self._dead)
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(worker.ping.remote() for worker in self.workers)), HEALTH_CHECK_TIMEOUT_S
-            )
-        except (RayActorError, asyncio.TimeoutError) as error:
-            self._poison(f"a DiT worker is unreachable: {error!r}")
-            raise GangWorkerDied(self._dead) from error
+        lost = await self._lost_workers()
+        if lost:
+            self._poison(f"DiT worker rank {', '.join(map(str, lost))} is unreachable")
+            raise GangWorkerDied(self._dead)
+
+    async def _lost_workers(self) -> list[int]:
+        """Ranks that do not answer a ping."""
+        async def alive(worker) -> bool:
+            try:
+                await asyncio.wait_for(worker.ping.remote(), HEALTH_CHECK_TIMEOUT_S)
+                return True
+            except (RayActorError, asyncio.TimeoutError):
+                return False
+
+        answers = await asyncio.gather(*(alive(worker) for worker in self.workers))
+        return [rank for rank, ok in enumerate(answers) if not ok]
 
     @staticmethod
     async def _drain(stream) -> None:

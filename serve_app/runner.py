@@ -234,7 +234,9 @@ class JobRunner:
 
 
 def _job_error(error: BaseException) -> JobError:
-    if isinstance(error, GangWorkerDied):
-        return JobError(code=ErrorCode.WORKER_DIED, message=str(error).splitlines()[0][:500])
-    return JobError(code=ErrorCode.STAGE_FAILED, message=f"{type(error).__name__}: {str(error)[:500]}")
-
+    # a stage's exception arrives wrapped in Ray's RayTaskError, whose text is Ray's traceback
+    cause = getattr(error, "cause", None)
+    cause = cause if isinstance(cause, BaseException) else error
+    if isinstance(error, GangWorkerDied) or isinstance(cause, GangWorkerDied):
+        return JobError(code=ErrorCode.WORKER_DIED, message=str(cause)[:500])
+    return JobError(code=ErrorCode.STAGE_FAILED, message=f"{type(cause).__name__}: {str(cause)[:500]}")

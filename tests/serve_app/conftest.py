@@ -36,12 +36,15 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
     # set before Ray starts so that every worker process inherits it
     os.environ["SKYREELS_CACHE_DIR"] = str(tmp_path_factory.mktemp("model-cache"))
-    ray.init(num_cpus=16, num_gpus=8, include_dashboard=False, log_to_driver=False)
+    context = ray.init(address="local", num_cpus=16, num_gpus=8, include_dashboard=False, log_to_driver=False)
+    # the state API (list_actors) must find this cluster, not another one on the machine
+    os.environ["RAY_ADDRESS"] = context.address_info["gcs_address"]
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
     serve.shutdown()
     ray.shutdown()
+    del os.environ["RAY_ADDRESS"]
 
 
 def deploy(port: int, root: Path, name: str, route_prefix: str, **settings) -> RunningApp:

@@ -1,0 +1,145 @@
+"""The DiT gang under cancel, worker death, load and ingress restart."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import ray
+
+from serve_app.client import JobFailed, VideoAPIError, VideoClient
+from tests_support import decode_mp4
+
+pytestmark = pytest.mark.slow
+
+SMALL = dict(size="64x64", num_frames=9, num_inference_steps=4)
+LONG = dict(size="64x64", num_frames=9, num_inference_steps=100)
+
+
+@pytest.fixture(scope="module")
+def client(serve_base_url: str) -> VideoClient:
+    with VideoClient(serve_base_url, timeout_s=60) as client:
+        yield client
+
+
+def wait_for(predicate, timeout_s: float = 120, interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise TimeoutError("condition not met in time")
+
+
+def named_actors(contains: str) -> list[dict]:
+    """Alive named actors whose name contains `contains` (no dashboard needed)."""
+    return [a for a in ray.util.list_named_actors(all_namespaces=True) if contains in a["name"]]
+
+
+def kill(actor: dict, **options) -> None:
+    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), **options)
+
+
+def denoising(client: VideoClient, job_id: str, min_step: int = 1) -> dict | None:
+    job = client.get(job_id)
+    return job if job["phase"] == "denoising" and job["current_step"] >= min_step else None
+
+
+def test_cancel_stops_within_one_step_and_the_gang_serves_the_next(client: VideoClient) -> None:
+    job = client.submit("long running", **LONG)
+    running = wait_for(lambda: denoising(client, job["id"], min_step=2))
+    cancelled = client.cancel(job["id"])
+    assert cancelled["status"] == "cancelled"
+    # the step in flight when the cancel arrived may finish; no other step runs
+    assert cancelled["current_step"] <= running["current_step"] + 2 < 100
+    time.sleep(1)
+    assert client.get(job["id"])["current_step"] == cancelled["current_step"]
+    with pytest.raises(VideoAPIError) as again:
+        client.cancel(job["id"])
+    assert again.value.status_code == 409
+
+    follow_up = client.submit("after the cancel", **SMALL)
+    assert client.wait(follow_up["id"], timeout_s=120)["status"] == "completed"
+
+
+def test_cancel_a_queued_job(client: VideoClient, serve_app) -> None:
+    blockers = [client.submit(f"blocker {i}", **LONG) for i in range(4)]  # fill every running slot
+    queued = client.submit("never runs", **SMALL)
+    assert client.get(queued["id"])["queue_position"] >= 1
+    assert client.cancel(queued["id"])["status"] == "cancelled"
+    for blocker in blockers:
+        client.cancel(blocker["id"])
+    assert client.get(queued["id"])["current_step"] == 0
+
+
+def test_killed_worker_fails_the_job_and_the_gang_is_rebuilt(client: VideoClient) -> None:
+    job = client.submit("doomed", **LONG)
+    wait_for(lambda: denoising(client, job["id"], min_step=2))
+    victim = next(a for a in named_actors("DiTWorker:") if a["name"].endswith(":1"))
+    kill(victim)
+
+    with pytest.raises(JobFailed) as failed:
+        client.wait(job["id"], timeout_s=120)
+    assert failed.value.job["status"] == "failed"
+    assert failed.value.job["error"]["code"] == "worker_died"
+    assert "DiT worker died" in failed.value.job["error"]["message"]
+
+    # Serve replaces the unhealthy replica; the next job waits for the new gang and completes
+    after = client.submit("after the crash", **SMALL)
+    assert client.wait(after["id"], timeout_s=240)["status"] == "completed"
+    alive = {a["name"] for a in named_actors("DiTWorker:")}
+    assert victim["name"] not in alive and len(alive) == 2
+
+
+def test_eight_concurrent_jobs_all_complete(client: VideoClient) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        jobs = list(pool.map(lambda i: client.submit(f"concurrent {i}", seed=i, **SMALL), range(8)))
+    finished = [client.wait(job["id"], timeout_s=300) for job in jobs]
+    assert [job["status"] for job in finished] == ["completed"] * 8
+    assert len({decode_mp4(client.content(job["id"])).tobytes() for job in finished}) == 8
+
+
+def test_full_queue_answers_429_with_retry_after(ray_local, tmp_path_factory) -> None:
+    from conftest import deploy
+
+    tight = deploy(ray_local, tmp_path_factory.mktemp("tight"), "tight", "/tight",
+                   max_queued_jobs=1, max_running_jobs=1)
+    with VideoClient(tight.url) as client:
+        running = client.submit("runs", **LONG)
+        wait_for(lambda: client.get(running["id"])["status"] == "in_progress")
+        queued = client.submit("waits", **SMALL)
+        assert client.get(queued["id"])["queue_position"] == 1
+        with pytest.raises(VideoAPIError) as full:
+            client.submit("refused", **SMALL)
+        assert full.value.status_code == 429 and full.value.code == "queue_full"
+        import httpx
+
+        response = httpx.post(f"{tight.url}/v1/videos", json={"prompt": "refused", **SMALL})
+        assert response.status_code == 429 and int(response.headers["Retry-After"]) >= 1
+        client.cancel(running["id"])
+        assert client.wait(queued["id"], timeout_s=120)["status"] == "completed"
+    from ray import serve
+
+    serve.delete("tight")
+
+
+def test_ingress_restart_keeps_jobs_and_content(client: VideoClient, serve_base_url: str) -> None:
+    from conftest import wait_ready
+
+    done = client.submit("survives a restart", **SMALL)
+    client.wait(done["id"], timeout_s=120)
+    video = client.content(done["id"])
+    interrupted = client.submit("interrupted", **LONG)
+    wait_for(lambda: denoising(client, interrupted["id"]))
+
+    ingress = next(a for a in named_actors("VideoIngress") if "tight" not in a["name"])
+    kill(ingress, no_restart=True)
+    time.sleep(1)
+    wait_ready(serve_base_url)
+
+    assert client.get(done["id"])["status"] == "completed"
+    assert client.content(done["id"]) == video
+    lost = wait_for(lambda: (j := client.get(interrupted["id"]))["status"] == "failed" and j)
+    assert lost["error"]["code"] == "interrupted"
