@@ -41,9 +41,12 @@ class DenoiseResult:
     steps_done: int
 
 
-def gang_bundles(gpus_per_replica: int, replica_cpus: float, worker_cpus: float) -> list[dict[str, float]]:
-    """Bundle 0 holds the replica actor itself; one {"GPU": 1} bundle per worker follows."""
-    return [{"CPU": replica_cpus}] + [{"CPU": worker_cpus, "GPU": 1}] * gpus_per_replica
+def gang_bundles(
+    gpus_per_replica: int, replica_cpus: float, worker_cpus: float, reserve_gpus: bool
+) -> list[dict[str, float]]:
+    """Bundle 0 holds the replica actor itself; one bundle per worker follows, {"GPU": 1} each on GPUs."""
+    worker = {"CPU": worker_cpus} | ({"GPU": 1} if reserve_gpus else {})
+    return [{"CPU": replica_cpus}] + [worker] * gpus_per_replica
 
 
 class DiTWorker:
@@ -92,7 +95,9 @@ class DiTWorker:
 
 
 class Denoiser:
-    def __init__(self, config: StageConfig, gpus_per_replica: int = 1, worker_cpus: float = 1.0) -> None:
+    def __init__(
+        self, config: StageConfig, gpus_per_replica: int = 1, worker_cpus: float = 1.0, reserve_gpus: bool = True
+    ) -> None:
         placement_group = get_current_placement_group()
         if placement_group is None or len(placement_group.bundle_specs) != gpus_per_replica + 1:
             raise RuntimeError(
@@ -105,7 +110,7 @@ class Denoiser:
             worker_class.options(
                 name=f"DiTWorker:{replica}:{rank}",
                 num_cpus=worker_cpus,
-                num_gpus=1,
+                num_gpus=1 if reserve_gpus else 0,
                 max_concurrency=2,  # `cancel` must get through while `denoise` runs
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group, placement_group_bundle_index=rank + 1

@@ -26,7 +26,12 @@ class AppConfig(StageConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     gpus_per_replica: int = Field(1, ge=1, le=8, description="DiT gang size: GPU worker actors per Denoiser replica.")
-    worker_cpus: float = Field(1.0, gt=0, description="CPUs reserved for each DiT worker.")
+    worker_cpus: float = Field(0.5, gt=0, description="CPUs reserved for each DiT worker.")
+    reserve_gpus: bool | None = Field(
+        None,
+        description="Reserve a GPU for each DiT worker (default: when device is cuda). True on a CPU host with "
+        "fake GPU resources exercises the GPU scheduling path.",
+    )
     database_path: str = Field("/tmp/skyreels-serve/jobs.sqlite3", description="SQLite file of the job records.")
     artifact_url: str = Field("/tmp/skyreels-serve/artifacts", description="fsspec URL where videos are written.")
     max_queued_jobs: int = Field(64, ge=1, description="Submits beyond this many waiting jobs get 429.")
@@ -36,13 +41,14 @@ class AppConfig(StageConfig):
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     stage_config = StageConfig(**config.model_dump(include=set(StageConfig.model_fields)))
-    text = serve.deployment(TextEncoder, name="TextEncoder", ray_actor_options={"num_cpus": 0.5})
-    vae = serve.deployment(Vae, name="Vae", ray_actor_options={"num_cpus": 0.5})
+    reserve_gpus = config.device == "cuda" if config.reserve_gpus is None else config.reserve_gpus
+    text = serve.deployment(TextEncoder, name="TextEncoder", ray_actor_options={"num_cpus": 0.25})
+    vae = serve.deployment(Vae, name="Vae", ray_actor_options={"num_cpus": 0.25})
     denoiser = serve.deployment(
         Denoiser,
         name="Denoiser",
         ray_actor_options={"num_cpus": 0.1},
-        placement_group_bundles=gang_bundles(config.gpus_per_replica, 0.1, config.worker_cpus),
+        placement_group_bundles=gang_bundles(config.gpus_per_replica, 0.1, config.worker_cpus, reserve_gpus),
         placement_group_strategy="STRICT_PACK",  # one node: NCCL over NVLink, not the network
         max_ongoing_requests=2,
         health_check_period_s=2,
@@ -52,7 +58,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     served = [{Task.T2V: MODEL_T2V, Task.I2V: MODEL_I2V}[task] for task in stage_config.sources]
     return ingress.bind(
         text.bind(stage_config),
-        denoiser.bind(stage_config, config.gpus_per_replica, config.worker_cpus),
+        denoiser.bind(stage_config, config.gpus_per_replica, config.worker_cpus, reserve_gpus),
         vae.bind(stage_config, config.artifact_url),
         served,
         config.database_path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -52,6 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in PENDING_FLAGS:
         generate.add_argument(f"--{flag}", action="store_true", help="not available yet")
     generate.set_defaults(run=run_generate)
+
+    for name, help_text in (("serve", "run the Ray Serve application locally until Ctrl-C"),
+                            ("demo", "start the application, generate one video through it, save it, stop")):
+        service = commands.add_parser(name, help=help_text)
+        service.add_argument("--model", default="tiny", help="T2V model source (tiny serves both tasks)")
+        service.add_argument("--i2v_model", help="I2V model source (default: tiny's when --model tiny)")
+        service.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        service.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on GPU, float32 on CPU")
+        service.add_argument("--gpus_per_replica", type=int, default=1, help="DiT gang size")
+        service.add_argument("--host", default="127.0.0.1")
+        service.add_argument("--port", type=int, default=8000)
+        service.add_argument("--data_dir", type=Path, default=Path("skyreels-serve"),
+                             help="job database and artifacts")
+        service.set_defaults(run=run_service, demo=name == "demo")
+    demo = commands.choices["demo"]
+    demo.add_argument("--prompt", default="a cat walks on the grass, realistic")
+    demo.add_argument("--size", default="64x64", help="WIDTHxHEIGHT")
+    demo.add_argument("--num_frames", type=int, default=9)
+    demo.add_argument("--num_inference_steps", type=int, default=4)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--output", type=Path, default=Path("results/demo.mp4"))
 
     make_tiny = commands.add_parser("make-tiny", help="write the tiny preset (real on-disk layout)")
     make_tiny.add_argument("path", type=Path)
@@ -104,6 +126,34 @@ def run_generate(args: argparse.Namespace) -> int:
             bar.write(f"generate video, local path: {path}")
             logger.info("stage timings (s): %s", {k: round(v, 3) for k, v in result.timings.items()})
     return 0
+
+
+def run_service(args: argparse.Namespace) -> int:
+    from serve_app.app import AppConfig
+    from serve_app.launch import run_demo, start_local
+
+    config = AppConfig(
+        model=args.model,
+        i2v_model=args.i2v_model,
+        device=args.device,
+        dtype=args.dtype or ("bfloat16" if args.device == "cuda" else "float32"),
+        gpus_per_replica=args.gpus_per_replica,
+        database_path=str(args.data_dir.resolve() / "jobs.sqlite3"),
+        artifact_url=str(args.data_dir.resolve() / "artifacts"),
+    )
+    url = start_local(config, host=args.host, port=args.port)
+    if args.demo:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        path = run_demo(url, args.prompt, args.output, size=args.size, num_frames=args.num_frames,
+                        num_inference_steps=args.num_inference_steps, seed=args.seed)
+        print(f"video written to {path} (served by {url})")
+        return 0
+    print(f"SkyReels-V1 is serving at {url}/ (web page) and {url}/v1/videos (API); Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
 
 
 def run_make_tiny(args: argparse.Namespace) -> int:

@@ -253,11 +253,26 @@ def test_config_applies_to_the_built_app(name):
         deployment = by_name[options["name"]].options(**{k: v for k, v in options.items() if k != "name"})
         bundles = deployment._replica_config.placement_group_bundles
         if options["name"] == "Denoiser":
-            # 1 bundle for the replica + one {"GPU": 1}-shaped bundle per gang worker.
+            # 1 bundle for the replica + one bundle per gang worker, holding a GPU on GPU configs.
             assert len(bundles) == 1 + app["args"]["gpus_per_replica"]
-            assert sum(b.get("GPU", 0) for b in bundles) == app["args"]["gpus_per_replica"]
+            gpus = app["args"]["gpus_per_replica"] if app["args"]["device"] == "cuda" else 0
+            assert sum(b.get("GPU", 0) for b in bundles) == gpus
         else:
             assert bundles is None
+
+
+def test_cpu_config_asks_no_gpu_of_the_built_app():
+    """serve_config.local.yaml must run on a machine without a GPU, gang included."""
+    app_module = pytest.importorskip("serve_app.app")
+    from ray.serve._private.build_app import build_app as build_serve_app
+
+    (app,) = SERVE_CONFIGS["serve_config.local.yaml"]["applications"]
+    assert app["args"]["device"] == "cpu"
+    built = build_serve_app(app_module.build_app(app["args"]), name=app["name"], default_runtime_env={})
+    (denoiser,) = [d for d in built.deployments if d.name == "Denoiser"]
+    assert sum(b.get("GPU", 0) for b in denoiser._replica_config.placement_group_bundles) == 0
+    for deployment in built.deployments:
+        assert not deployment._replica_config.ray_actor_options.get("num_gpus")
 
 
 # --------------------------------------------------------------------------- KubeRay

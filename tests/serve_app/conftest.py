@@ -53,7 +53,8 @@ def deploy(port: int, root: Path, name: str, route_prefix: str, **settings) -> R
     from serve_app.app import AppConfig, build_app
 
     root.mkdir(parents=True, exist_ok=True)
-    config = AppConfig(database_path=str(root / "jobs.sqlite3"), artifact_url=str(root / "artifacts"), **settings)
+    # fake GPU resources: the gang's {"GPU": 1} bundles are scheduled as on a GPU node
+    config = AppConfig(reserve_gpus=True, database_path=str(root / "jobs.sqlite3"), artifact_url=str(root / "artifacts"), **settings)
     serve.run(build_app(config), name=name, route_prefix=route_prefix, blocking=False)
     app = RunningApp(url=f"http://127.0.0.1:{port}{route_prefix.rstrip('/')}", name=name,
                      database_path=root / "jobs.sqlite3", artifact_dir=root / "artifacts")
