@@ -175,6 +175,21 @@ class VideoIngress:
         return StreamingResponse(self._event_stream(job_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    # Python callers inside the cluster: serve.get_app_handle("skyreels").submit_job.remote(...)
+    async def submit_job(self, params: dict[str, Any], input_reference: bytes | None = None) -> dict[str, Any]:
+        """Submit without HTTP; raises InvalidRequest or QueueFull like the route answers 4xx."""
+        await self._runner_started()
+        image_png = normalize_image(input_reference) if input_reference is not None else None
+        try:
+            job = new_job(VideoCreateParams.model_validate(params), image_png, self.served_models)
+        except ValidationError as error:
+            raise InvalidRequest(validation_message(error)) from error
+        return self._view(await self.runner.submit(job, image_png)).model_dump(mode="json")
+
+    async def job_status(self, job_id: str) -> dict[str, Any] | None:
+        job = self.store.get(job_id)
+        return self._view(job).model_dump(mode="json") if job else None
+
     async def _event_stream(self, job_id: str):
         async with self.runner.events.follow(job_id) as updates:
             job = self.store.get(job_id)

@@ -161,3 +161,22 @@ def _png_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (10, 200, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_python_callers_use_the_app_handle(serve_app) -> None:
+    import time
+
+    from ray import serve
+
+    app = serve.get_app_handle(serve_app.name)
+    job = app.submit_job.remote({"prompt": "through a handle", **SMALL, "seed": 3}).result()
+    assert job["status"] == "queued" and job["seed"] == 3
+    deadline = time.monotonic() + 120
+    while (job := app.job_status.remote(job["id"]).result())["status"] not in ("completed", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert job["status"] == "completed"
+    assert (serve_app.artifact_dir / job["id"] / "video.mp4").stat().st_size > 1000
+    assert app.job_status.remote("video_missing").result() is None
+    with pytest.raises(Exception, match="num_frames must be 4k\\+1"):
+        app.submit_job.remote({"prompt": "bad", **SMALL, "num_frames": 8}).result()
