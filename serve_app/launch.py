@@ -28,7 +28,7 @@ def start_local(config: AppConfig, host: str = "127.0.0.1", port: int = 8000) ->
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name="skyreels", route_prefix="/", blocking=False)
     url = f"http://{host}:{port}"
-    _wait_ready(url)
+    wait_ready(url)
     return url
 
 
@@ -49,8 +49,9 @@ def run_demo(url: str, prompt: str, out: Path, **fields) -> Path:
     return out
 
 
-def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Polls /readyz until the application answers 200."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
@@ -58,4 +59,4 @@ def _wait_ready(url: str) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"the application at {url} was not ready within {READY_TIMEOUT_S} s")
+    raise TimeoutError(f"the application at {url} was not ready within {timeout_s} s")

@@ -2,6 +2,13 @@
  * Plain browser JavaScript, no build step and nothing loaded from outside this server. */
 "use strict";
 
+/** A new element with a class name. */
+function classedElement(tag, className) {
+  const node = document.createElement(tag);
+  node.className = className;
+  return node;
+}
+
 (function () {
   const API = "/v1";
   const MODEL_I2V = "skyreels-v1-i2v";
@@ -515,8 +522,7 @@
   }
 
   function buildCard(job) {
-    const li = document.createElement("li");
-    li.className = "card";
+    const li = classedElement("li", "card");
     li.dataset.id = job.id;
 
     const open = document.createElement("button");
@@ -524,23 +530,17 @@
     open.className = "card-open";
     open.addEventListener("click", () => openJob(li.dataset.id));
 
-    const thumb = document.createElement("div");
-    thumb.className = "thumb";
+    const thumb = classedElement("div", "thumb");
     open.appendChild(thumb);
 
-    const body = document.createElement("div");
-    body.className = "card-body";
-    const badge = document.createElement("span");
-    badge.className = "badge";
-    const prompt = document.createElement("span");
-    prompt.className = "card-prompt";
+    const body = classedElement("div", "card-body");
+    const badge = classedElement("span", "badge");
+    const prompt = classedElement("span", "card-prompt");
     body.append(badge, prompt);
     open.appendChild(body);
 
-    const foot = document.createElement("div");
-    foot.className = "card-foot";
-    const when = document.createElement("span");
-    when.className = "meta";
+    const foot = classedElement("div", "card-foot");
+    const when = classedElement("span", "meta");
     const del = document.createElement("button");
     del.type = "button";
     del.className = "card-delete";

@@ -8,14 +8,13 @@ second application under its own route prefix.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
+from serve_app.launch import wait_ready
 from skyreels.parallel.group import free_port
 
 STARTUP_TIMEOUT_S = 240
@@ -58,20 +57,8 @@ def deploy(port: int, root: Path, name: str, route_prefix: str, **settings) -> R
     serve.run(build_app(config), name=name, route_prefix=route_prefix, blocking=False)
     app = RunningApp(url=f"http://127.0.0.1:{port}{route_prefix.rstrip('/')}", name=name,
                      database_path=root / "jobs.sqlite3", artifact_dir=root / "artifacts")
-    wait_ready(app.url)
+    wait_ready(app.url, STARTUP_TIMEOUT_S)
     return app
-
-
-def wait_ready(url: str, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} was not ready within {timeout_s} s")
 
 
 @pytest.fixture(scope="session")

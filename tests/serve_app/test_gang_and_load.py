@@ -126,7 +126,7 @@ def test_full_queue_answers_429_with_retry_after(ray_local, tmp_path_factory) ->
 
 
 def test_ingress_restart_keeps_jobs_and_content(client: VideoClient, serve_base_url: str) -> None:
-    from conftest import wait_ready
+    from serve_app.launch import wait_ready
 
     done = client.submit("survives a restart", **SMALL)
     client.wait(done["id"], timeout_s=120)
