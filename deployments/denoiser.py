@@ -24,7 +24,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from deployments.config import StageConfig
 from deployments.errors import GangUnavailable, GangWorkerDied
-from skyreels.parallel.group import GroupSpec, any_rank, free_port, init_group
+from skyreels.parallel.gang import gang_steps
+from skyreels.parallel.group import GroupSpec, free_port, init_group
+from skyreels.parallel.mesh import DeviceMesh, MeshShape
 from skyreels.progress import StepProgress
 from skyreels.request import Task
 from skyreels.stages.conditioning import Conditioning, ImageCondition
@@ -52,13 +54,15 @@ def gang_bundles(
 class DiTWorker:
     """One rank: loads every served transformer once, then runs the steps it is asked for."""
 
-    def __init__(self, config: StageConfig, rank: int, world_size: int) -> None:
+    def __init__(self, config: StageConfig, rank: int, world_size: int, sequence_batch: bool = False) -> None:
         self.rank = rank
+        self.sequence_batch = sequence_batch
         self.world_size = world_size
         self.device = "cuda:0" if config.device == "cuda" else "cpu"
         self.stages = {
             task: DenoiseStage.from_pretrained(
-                paths.transformer, paths.component("scheduler"), device=self.device, dtype=config.torch_dtype
+                paths.transformer, paths.component("scheduler"), device=self.device, dtype=config.torch_dtype,
+                batch_cfg=not sequence_batch,
             )
             for task, paths in ((task, config.paths(task)) for task in config.sources)
         }
@@ -69,7 +73,12 @@ class DiTWorker:
         return ray.util.get_node_ip_address(), free_port()
 
     def join_group(self, master_addr: str, master_port: int) -> None:
+        """Joins the gang's group and splits every served transformer over the mesh."""
         init_group(GroupSpec(self.rank, self.world_size, master_addr, master_port, self._config.device))
+        heads = next(iter(self.stages.values())).transformer.config.num_attention_heads
+        mesh = DeviceMesh(MeshShape.plan(self.world_size, heads, sequence_batch=self.sequence_batch))
+        for stage in self.stages.values():
+            stage.distribute(mesh)
 
     def ping(self) -> int:
         return self.rank
@@ -83,20 +92,22 @@ class DiTWorker:
         """Streams StepProgress after every step (rank 0 only), then the DenoiseResult (rank 0)."""
         self._cancel.clear()
         latents, steps_done = None, 0
-        for progress, latents in self.stages[task].steps(conditioning, params, image):
+        for progress, latents in gang_steps(self.stages[task], conditioning, params, image, self._cancel.is_set):
             steps_done = progress.step
             if self.rank == 0:
                 yield progress
-            # every rank stops at the same step, or the next collective would hang
-            if any_rank(self._cancel.is_set(), self.device) and progress.step < progress.total:
-                break
         if self.rank == 0:
             yield DenoiseResult(latents=latents.cpu(), steps_done=steps_done)
 
 
 class Denoiser:
     def __init__(
-        self, config: StageConfig, gpus_per_replica: int = 1, worker_cpus: float = 1.0, reserve_gpus: bool = True
+        self,
+        config: StageConfig,
+        gpus_per_replica: int = 1,
+        worker_cpus: float = 1.0,
+        reserve_gpus: bool = True,
+        sequence_batch: bool = False,
     ) -> None:
         placement_group = get_current_placement_group()
         if placement_group is None or len(placement_group.bundle_specs) != gpus_per_replica + 1:
@@ -115,7 +126,7 @@ class Denoiser:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group, placement_group_bundle_index=rank + 1
                 ),
-            ).remote(config, rank, gpus_per_replica)
+            ).remote(config, rank, gpus_per_replica, sequence_batch)
             for rank in range(gpus_per_replica)
         ]
         master_addr, master_port = ray.get(self.workers[0].rendezvous.remote())

@@ -40,7 +40,7 @@ class Vae:
         image = Image.open(io.BytesIO(image_png)).convert("RGB")
         async with self._lock:
             condition = await asyncio.to_thread(self.stage.encode_image, image, height, width, seed)
-        return ImageCondition(latents=condition.latents.cpu(), generator_state=condition.generator_state)
+        return condition.to_cpu()
 
     async def decode_to_storage(self, job_id: str, latents: torch.Tensor, fps: int) -> StoredVideo:
         start = time.perf_counter()

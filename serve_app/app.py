@@ -7,7 +7,7 @@ suit the local CPU run.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -25,7 +25,11 @@ from skyreels.request import Task
 class AppConfig(StageConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    gpus_per_replica: int = Field(1, ge=1, le=8, description="DiT gang size: GPU worker actors per Denoiser replica.")
+    gpus_per_replica: Literal[1, 2, 3, 4, 6, 8] = Field(
+        1, description="DiT gang size: GPU worker actors per Denoiser replica (CFG 2 x Ulysses N/2 when even).")
+    sequence_batch: bool = Field(
+        False, description="Run the CFG branches one after the other on all gang ranks (long videos) "
+        "instead of splitting them over two halves of the gang.")
     worker_cpus: float = Field(0.5, gt=0, description="CPUs reserved for each DiT worker.")
     reserve_gpus: bool | None = Field(
         None,
@@ -58,7 +62,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     served = [{Task.T2V: MODEL_T2V, Task.I2V: MODEL_I2V}[task] for task in stage_config.sources]
     return ingress.bind(
         text.bind(stage_config),
-        denoiser.bind(stage_config, config.gpus_per_replica, config.worker_cpus, reserve_gpus),
+        denoiser.bind(stage_config, config.gpus_per_replica, config.worker_cpus, reserve_gpus, config.sequence_batch),
         vae.bind(stage_config, config.artifact_url),
         served,
         config.database_path,

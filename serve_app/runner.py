@@ -21,9 +21,9 @@ from serve_app.metrics import JobMetrics
 from serve_app.requests import to_generation_request
 from serve_app.schemas import MODEL_I2V, ErrorCode, Job, JobError, JobPhase, JobStatus
 from serve_app.store import JobStore
-from skyreels.pipeline import denoise_params
 from skyreels.progress import StepProgress
 from skyreels.request import GenerationRequest, Task
+from skyreels.stages.denoise import DenoiseParams
 from skyreels.timing import timed
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class JobRunner:
         metrics: dict[str, float] = {"queued": job.started_at - job.created_at}
         try:
             request = await self._generation_request(job)
-            params = denoise_params(request)
+            params = DenoiseParams.from_request(request)
             task = Task.I2V if job.model == MODEL_I2V else Task.T2V
 
             self._update(job_id, phase=JobPhase.ENCODING_TEXT, progress=1)

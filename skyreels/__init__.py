@@ -1,6 +1,7 @@
 """SkyReels-V1 video generation: request, stages, one-process pipeline, tiny preset."""
 
-from skyreels.pipeline import GenerationResult, LocalPipeline
+from skyreels.pipeline import LocalPipeline, VideoGenerator
+from skyreels.result import GenerationResult
 from skyreels.progress import GenerationCancelled, StepProgress
 from skyreels.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Task
 from skyreels.tiny import make_tiny_model
@@ -13,5 +14,6 @@ __all__ = [
     "LocalPipeline",
     "StepProgress",
     "Task",
+    "VideoGenerator",
     "make_tiny_model",
 ]

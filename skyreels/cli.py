@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import closing
 import logging
 import sys
 import time
@@ -87,8 +88,6 @@ def run_generate(args: argparse.Namespace) -> int:
     from skyreels.pipeline import LocalPipeline
 
     pending = [f"--{flag}" for flag in PENDING_FLAGS if getattr(args, flag)]
-    if args.gpu_num != 1:
-        pending.append("--gpu_num > 1")
     if pending:
         raise UsageError(f"{', '.join(pending)}: not available yet in this version")
     if args.video_num < 1:
@@ -112,11 +111,13 @@ def run_generate(args: argparse.Namespace) -> int:
         task=request.task,
         device=args.device,
         dtype=DTYPES[args.dtype] if args.dtype else None,
-        batch_cfg=not args.sequence_batch,
+        gpu_num=args.gpu_num,
+        sequence_batch=args.sequence_batch,
     )
     out_dir = Path("results") / args.outdir
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=args.video_num * request.num_inference_steps, unit="step", desc="denoising") as bar:
+    with tqdm(total=args.video_num * request.num_inference_steps, unit="step", desc="denoising") as bar, \
+            closing(pipe):
         for index, result in enumerate(
             pipe.generate_videos(request, args.video_num, on_step=lambda _: bar.update())
         ):
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         messages = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in error.errors())
         print(f"skyreels: invalid request: {messages}", file=sys.stderr)
-    except (UsageError, ModelNotAvailableError, NotImplementedError) as error:
+    except (UsageError, ModelNotAvailableError, ValueError) as error:
         print(f"skyreels: {error}", file=sys.stderr)
     return 2
 

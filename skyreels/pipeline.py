@@ -2,53 +2,51 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from skyreels.models import ModelSettings, resolve_model
+from skyreels.models import ModelPaths, ModelSettings, resolve_model
+from skyreels.parallel.local import GangSpec, LocalGang
+from skyreels.parallel.mesh import MeshShape
 from skyreels.progress import StepCallback
 from skyreels.request import GenerationRequest, Task
 from skyreels.stages.denoise import DenoiseParams, DenoiseStage
 from skyreels.stages.text import TextEncoderStage
 from skyreels.stages.vae import VaeStage
+from skyreels.result import GenerationResult
 from skyreels.timing import timed
-from skyreels.video import encode_mp4
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class GenerationResult:
-    frames: np.ndarray  # (T, H, W, 3) uint8
-    seed: int  # the seed actually used
-    fps: int
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+class VideoGenerator(ABC):
+    """What the CLI and Serve's baseline call: one video per request, or several from one."""
 
-    def to_mp4(self) -> bytes:
-        return encode_mp4(self.frames, self.fps)
+    task: Task
 
+    @abstractmethod
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
+        ...
 
-def denoise_params(request: GenerationRequest) -> DenoiseParams:
-    """The DiT's view of a request (whose seed must be resolved)."""
-    if request.seed is None:
-        raise ValueError("resolve the seed first (GenerationRequest.with_seed)")
-    return DenoiseParams(
-        num_frames=request.num_frames,
-        height=request.height,
-        width=request.width,
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        embedded_guidance_scale=request.embedded_guidance_scale,
-        seed=request.seed,
-    )
+    def generate_videos(
+        self, request: GenerationRequest, video_num: int, on_step: StepCallback | None = None
+    ) -> Iterator[GenerationResult]:
+        """`video_num` videos from consecutive seeds, so each one can be reproduced on its own."""
+        first_seed = request.with_seed().seed
+        for index in range(video_num):
+            seed = (first_seed + index) % 2**32
+            yield self.generate(request.model_copy(update={"seed": seed}), on_step=on_step)
+
+    def close(self) -> None:
+        """Releases processes or devices held beyond the Python objects."""
 
 
-class LocalPipeline:
+class LocalPipeline(VideoGenerator):
     """Text encoder, DiT and VAE of one task, loaded once, run in order for each request."""
 
     def __init__(self, task: Task, text: TextEncoderStage, denoise: DenoiseStage, vae: VaeStage) -> None:
@@ -68,29 +66,32 @@ class LocalPipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         gpu_num: int = 1,
-        batch_cfg: bool = True,
+        sequence_batch: bool = False,
         settings: ModelSettings | None = None,
-    ) -> LocalPipeline:
-        if gpu_num != 1:
-            raise NotImplementedError("gpu_num > 1 (context + CFG parallel) is not available yet")
+    ) -> VideoGenerator:
+        """The stages in this process; with gpu_num > 1, a GangPipeline of that many processes."""
         task = Task(task)
         dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
+        if gpu_num > 1:
+            device_type = torch.device(device).type
+            spec = GangSpec(str(source), task, device_type, dtype, gpu_num, sequence_batch, settings or ModelSettings())
+            MeshShape.plan(gpu_num, num_heads=_heads(resolve_model(str(source), task, spec.settings)),
+                           sequence_batch=sequence_batch)  # refuse a bad gpu_num before spawning
+            return GangPipeline(task, LocalGang(spec))
         paths = resolve_model(str(source), task, settings)
         logger.info("loading %s (%s) on %s as %s", source, task.value, device, dtype)
         return cls(
             task=task,
             text=TextEncoderStage.from_pretrained(paths.base, device=device, dtype=dtype),
             denoise=DenoiseStage.from_pretrained(
-                paths.transformer, paths.component("scheduler"), device=device, dtype=dtype, batch_cfg=batch_cfg
+                paths.transformer, paths.component("scheduler"), device=device, dtype=dtype, batch_cfg=not sequence_batch
             ),
             vae=VaeStage.from_pretrained(paths.component("vae"), device=device, dtype=dtype),
         )
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
-        if request.task is not self.task:
-            raise ValueError(f"this pipeline runs {self.task.value}; the request is {request.task.value}")
-        request = request.with_seed()
-        params = denoise_params(request)
+        request = _checked(request, self.task)
+        params = DenoiseParams.from_request(request)
         timings: dict[str, float] = {}
         with timed(timings, "text"):
             negative = request.negative_prompt if request.uses_true_cfg else None
@@ -104,14 +105,33 @@ class LocalPipeline:
         with timed(timings, "decode"):
             frames = self.vae.decode(latents)
         logger.info("generated seed %d in %s", params.seed, {k: round(v, 3) for k, v in timings.items()})
-        return GenerationResult(frames=frames, seed=params.seed, fps=request.fps, timings=timings)
+        return GenerationResult(frames=frames, seed=params.seed, fps=request.fps, timings=timings, latents=latents.cpu())
 
-    def generate_videos(
-        self, request: GenerationRequest, video_num: int, on_step: StepCallback | None = None
-    ) -> Iterator[GenerationResult]:
-        """`video_num` videos from consecutive seeds, so each one can be reproduced on its own."""
-        first_seed = request.with_seed().seed
-        for index in range(video_num):
-            seed = (first_seed + index) % 2**32
-            yield self.generate(request.model_copy(update={"seed": seed}), on_step=on_step)
 
+class GangPipeline(VideoGenerator):
+    """LocalPipeline's contract over a local gang of `gpu_num` processes (CFG x Ulysses parallel)."""
+
+    def __init__(self, task: Task, gang: LocalGang) -> None:
+        self.task = task
+        self.gang = gang
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
+        request = _checked(request, self.task)
+        timings: dict[str, float] = {}
+        with timed(timings, "total"):
+            result = self.gang.generate(request, on_step)
+        result.timings.update(timings)
+        return result
+
+    def close(self) -> None:
+        self.gang.close()
+
+
+def _checked(request: GenerationRequest, task: Task) -> GenerationRequest:
+    if request.task is not task:
+        raise ValueError(f"this pipeline runs {task.value}; the request is {request.task.value}")
+    return request.with_seed()
+
+
+def _heads(paths: ModelPaths) -> int:
+    return json.loads((paths.transformer / "config.json").read_text())["num_attention_heads"]

@@ -50,9 +50,19 @@ def test_pending_flags_are_refused(in_tmp: Path, capsys: pytest.CaptureFixture, 
     assert f"{flag}: not available yet" in capsys.readouterr().err
 
 
-def test_multi_gpu_refused(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["generate", "--prompt", "x", "--gpu_num", "2"]) == 2
-    assert "--gpu_num > 1: not available yet" in capsys.readouterr().err
+def test_unsupported_gpu_count_refused(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["generate", "--prompt", "x", "--gpu_num", "5", *SMALL]) == 2
+    assert "gpu_num must be one of (1, 2, 3, 4, 6, 8), got 5" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generate_on_a_local_gang_equals_one_process(in_tmp: Path) -> None:
+    assert main(["generate", "--prompt", "gang", "--outdir", "one", *SMALL]) == 0
+    assert main(["generate", "--prompt", "gang", "--outdir", "two", "--gpu_num", "2", *SMALL]) == 0
+    one = iio.imread(in_tmp / "results" / "one" / "gang_42_0.mp4", plugin="FFMPEG")
+    two = iio.imread(in_tmp / "results" / "two" / "gang_42_0.mp4", plugin="FFMPEG")
+    assert one.shape == two.shape == (9, 64, 64, 3)
+    assert abs(one.astype(int) - two.astype(int)).max() <= 2
 
 
 def test_unreadable_image(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:

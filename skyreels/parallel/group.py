@@ -17,6 +17,7 @@ class GroupSpec:
     master_addr: str
     master_port: int
     device: str  # "cpu" or "cuda"
+    cuda_index: int = 0  # Ray gives each worker one visible GPU; a local gang uses GPU `rank`
     timeout_s: float = 300.0
 
     @property
@@ -35,7 +36,7 @@ def init_group(spec: GroupSpec) -> None:
     if dist.is_initialized():
         raise RuntimeError("this process already belongs to a process group")
     if spec.device == "cuda":
-        torch.cuda.set_device(0)  # each worker sees only its own GPU
+        torch.cuda.set_device(spec.cuda_index)
     dist.init_process_group(
         backend=spec.backend,
         init_method=f"tcp://{spec.master_addr}:{spec.master_port}",

@@ -43,3 +43,6 @@ class ImageCondition:
 
     latents: torch.Tensor  # (1, C, 1, h, w), scaled by the VAE scaling factor
     generator_state: torch.Tensor
+
+    def to_cpu(self) -> ImageCondition:
+        return replace(self, latents=self.latents.cpu())

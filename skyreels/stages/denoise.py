@@ -11,7 +11,11 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 
+from skyreels.parallel.cfg import gather_branches
+from skyreels.parallel.mesh import DeviceMesh
+from skyreels.parallel.ulysses import parallelize_transformer
 from skyreels.progress import StepCallback, StepProgress
+from skyreels.request import GenerationRequest
 from skyreels.stages.conditioning import Conditioning, ImageCondition, PromptEmbeds
 
 logger = logging.getLogger(__name__)
@@ -38,6 +42,21 @@ class DenoiseParams:
         if (self.num_frames - 1) % VAE_TEMPORAL_COMPRESSION:
             raise ValueError(f"num_frames must be {VAE_TEMPORAL_COMPRESSION}k+1")
 
+    @classmethod
+    def from_request(cls, request: GenerationRequest) -> DenoiseParams:
+        """The DiT's view of a request, whose seed must be resolved (GenerationRequest.with_seed)."""
+        if request.seed is None:
+            raise ValueError("resolve the seed first (GenerationRequest.with_seed)")
+        return cls(
+            num_frames=request.num_frames,
+            height=request.height,
+            width=request.width,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            embedded_guidance_scale=request.embedded_guidance_scale,
+            seed=request.seed,
+        )
+
     @property
     def latent_frames(self) -> int:
         return (self.num_frames - 1) // VAE_TEMPORAL_COMPRESSION + 1
@@ -55,8 +74,12 @@ class DenoiseStage:
         transformer: HunyuanVideoTransformer3DModel,
         scheduler: FlowMatchEulerDiscreteScheduler,
         batch_cfg: bool = True,
+        mesh: DeviceMesh | None = None,
     ) -> None:
         self.transformer = transformer.eval().requires_grad_(False)
+        self.mesh: DeviceMesh | None = None
+        if mesh is not None:
+            self.distribute(mesh)
         self.scheduler_config = scheduler.config
         # Both CFG branches in one forward (batch 2) is faster; one after the other halves activations.
         self.batch_cfg = batch_cfg
@@ -69,9 +92,16 @@ class DenoiseStage:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         batch_cfg: bool = True,
+        mesh: DeviceMesh | None = None,
     ) -> DenoiseStage:
         transformer = HunyuanVideoTransformer3DModel.from_pretrained(transformer_dir, torch_dtype=dtype).to(device)
-        return cls(transformer, FlowMatchEulerDiscreteScheduler.from_pretrained(scheduler_dir), batch_cfg=batch_cfg)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(scheduler_dir)
+        return cls(transformer, scheduler, batch_cfg=batch_cfg, mesh=mesh)
+
+    def distribute(self, mesh: DeviceMesh) -> None:
+        """Run over `mesh` from now on: CFG branches split, video tokens sharded (Ulysses)."""
+        parallelize_transformer(self.transformer, mesh)
+        self.mesh = mesh
 
     @property
     def device(self) -> torch.device:
@@ -162,7 +192,10 @@ class DenoiseStage:
         if not use_cfg:
             return self._forward(model_input, timestep, [conditioning.positive], guidance)
         branches = [conditioning.positive, conditioning.negative]
-        if self.batch_cfg:
+        if self.mesh is not None and self.mesh.cfg_degree == 2:
+            mine = self._forward(model_input, timestep, [branches[self.mesh.cfg_rank]], guidance)
+            positive, negative = gather_branches(mine, self.mesh)
+        elif self.batch_cfg:
             positive, negative = self._forward(model_input.repeat(2, 1, 1, 1, 1), timestep, branches, guidance).chunk(2)
         else:
             positive, negative = (self._forward(model_input, timestep, [branch], guidance) for branch in branches)

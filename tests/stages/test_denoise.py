@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from skyreels import GenerationCancelled, GenerationRequest, LocalPipeline, StepProgress
-from skyreels.pipeline import denoise_params
+from skyreels.stages.denoise import DenoiseParams
 
 
 def test_progress_reports_every_step(t2v_pipeline: LocalPipeline, t2v_request: GenerationRequest) -> None:
@@ -27,7 +27,7 @@ def test_callback_cancels_between_steps(t2v_pipeline: LocalPipeline, t2v_request
 
 
 def test_noise_is_drawn_on_cpu_like_diffusers(t2v_pipeline: LocalPipeline, t2v_request: GenerationRequest) -> None:
-    params = denoise_params(t2v_request)
+    params = DenoiseParams.from_request(t2v_request)
     noise = t2v_pipeline.denoise.initial_noise(params)
     expected = torch.randn((1, 4, 3, 8, 8), generator=torch.Generator("cpu").manual_seed(42))
     assert torch.equal(noise, expected)
@@ -36,12 +36,12 @@ def test_noise_is_drawn_on_cpu_like_diffusers(t2v_pipeline: LocalPipeline, t2v_r
 def test_i2v_model_refuses_missing_image(i2v_pipeline: LocalPipeline, t2v_request: GenerationRequest) -> None:
     conditioning = i2v_pipeline.text.encode("a", "b")
     with pytest.raises(ValueError, match="I2V model and needs an image"):
-        i2v_pipeline.denoise.denoise(conditioning, denoise_params(t2v_request))
+        i2v_pipeline.denoise.denoise(conditioning, DenoiseParams.from_request(t2v_request))
 
 
 def test_cfg_needs_negative(t2v_pipeline: LocalPipeline, t2v_request: GenerationRequest) -> None:
     with pytest.raises(ValueError, match="needs a negative prompt"):
-        t2v_pipeline.denoise.denoise(t2v_pipeline.text.encode("a"), denoise_params(t2v_request))
+        t2v_pipeline.denoise.denoise(t2v_pipeline.text.encode("a"), DenoiseParams.from_request(t2v_request))
 
 
 def test_without_cfg_runs_one_branch(t2v_pipeline: LocalPipeline, t2v_request: GenerationRequest) -> None:
