@@ -129,9 +129,9 @@ def _rank_main(rank, port, spec: GangSpec, requests, results, cancel) -> None:
                                                dtype=spec.dtype, batch_cfg=not spec.sequence_batch)
         heads = denoise.transformer.config.num_attention_heads
         denoise.distribute(DeviceMesh(MeshShape.plan(spec.world_size, heads, sequence_batch=spec.sequence_batch)))
-        # only rank 0 talks to the user: it alone holds the text encoder and the VAE
+        # rank 0 alone encodes the prompt; every rank decodes its share of the VAE tiles
         text = TextEncoderStage.from_pretrained(paths.base, device=device, dtype=spec.dtype) if rank == 0 else None
-        vae = VaeStage.from_pretrained(paths.component("vae"), device=device, dtype=spec.dtype) if rank == 0 else None
+        vae = VaeStage.from_pretrained(paths.component("vae"), device=device, dtype=spec.dtype)
         results.put(_Ready(rank))
         while (request := requests.get()) is not None:
             params = DenoiseParams.from_request(request)
@@ -148,9 +148,9 @@ def _rank_main(rank, port, spec: GangSpec, requests, results, cancel) -> None:
             for progress, latents in gang_steps(denoise, conditioning, params, image, cancel.is_set):
                 if rank == 0:
                     results.put(progress)
+            frames = vae.decode_parallel(latents)
             if rank == 0:
-                results.put(GenerationResult(frames=vae.decode(latents), seed=params.seed, fps=request.fps,
-                                             latents=latents.cpu()))
+                results.put(GenerationResult(frames=frames, seed=params.seed, fps=request.fps, latents=latents.cpu()))
     except Exception:  # noqa: BLE001 - report every failure to the driver, which stops the gang
         results.put(_Failed(rank, traceback.format_exc()))
     finally:

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from diffusers import AutoencoderKLHunyuanVideo
 from diffusers.video_processor import VideoProcessor
 from PIL import Image
 
+from skyreels.parallel.vae import parallel_decode
 from skyreels.stages.conditioning import ImageCondition
 
 
@@ -47,7 +49,18 @@ class VaeStage:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents (1, C, T', h, w) -> frames (T, H, W, 3) uint8."""
-        latents = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
-        video = self.vae.decode(latents, return_dict=False)[0][0]  # (3, T, H, W) in [-1, 1]
-        video = (video.float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0)
-        return (video * 255).round().to(torch.uint8).cpu().numpy()
+        return to_frames(self.vae.decode(self.unscaled(latents), return_dict=False)[0])
+
+    def decode_parallel(self, latents: torch.Tensor, group: dist.ProcessGroup | None = None) -> np.ndarray | None:
+        """`decode` with the tiles shared over the group's ranks: frames on rank 0, None elsewhere."""
+        video = parallel_decode(self.vae, self.unscaled(latents), group)
+        return to_frames(video) if video is not None else None
+
+    def unscaled(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
+
+
+def to_frames(video: torch.Tensor) -> np.ndarray:
+    """A decoded video (1, 3, T, H, W) in [-1, 1] -> frames (T, H, W, 3) uint8."""
+    video = (video[0].float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0)
+    return (video * 255).round().to(torch.uint8).cpu().numpy()
