@@ -40,7 +40,7 @@ def test_t2v_job_follows_sse_and_equals_local_pipeline(client: VideoClient) -> N
         GenerationRequest(prompt="a cat walks on the grass", seed=42, height=64, width=64, num_frames=9,
                           num_inference_steps=4))
     assert served.shape == (9, 64, 64, 3)
-    assert np.array_equal(served, decode_mp4(local.to_mp4()))
+    assert_same_video(served, decode_mp4(local.to_mp4()))
 
 
 def test_i2v_multipart_job_equals_local_pipeline(client: VideoClient, first_frame: Image.Image) -> None:
@@ -53,7 +53,7 @@ def test_i2v_multipart_job_equals_local_pipeline(client: VideoClient, first_fram
     local = LocalPipeline.from_pretrained("tiny", task=Task.I2V).generate(
         GenerationRequest(task=Task.I2V, prompt="the picture comes alive", image=first_frame, seed=7, height=64,
                           width=64, num_frames=9, num_inference_steps=4))
-    assert np.array_equal(decode_mp4(client.content(job["id"])), decode_mp4(local.to_mp4()))
+    assert_same_video(decode_mp4(client.content(job["id"])), decode_mp4(local.to_mp4()))
     thumbnail = Image.open(io.BytesIO(client.content(job["id"], variant="thumbnail")))
     assert thumbnail.format == "JPEG" and thumbnail.size == (64, 64)
 
@@ -155,6 +155,14 @@ def test_content_before_completion_is_409(client: VideoClient) -> None:
     client.cancel(job["id"])
     with pytest.raises(JobFailed):
         client.wait(job["id"], timeout_s=120)
+
+
+def assert_same_video(served: np.ndarray, local: np.ndarray) -> None:
+    """The gang of 2 splits the CFG branches: its latents equal one process to ~1e-6, which can move a
+    pixel by 1/255 and then the encoder's choices; the decoded videos stay the same picture."""
+    difference = np.abs(served.astype(int) - local.astype(int))
+    print(f"served vs local: max {difference.max()}, mean {difference.mean():.4f}")
+    assert difference.mean() < 0.5 and np.percentile(difference, 99) <= 4
 
 
 def _png_bytes() -> bytes:
