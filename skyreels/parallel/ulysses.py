@@ -53,6 +53,8 @@ def all_gather_cat(x: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch
 class UlyssesAttnProcessor:
     """Joint video+text attention of the dual- and single-stream blocks over a Ulysses group."""
 
+    _attention_backend = None  # set by transformer.set_attention_backend (flash, sage, ...)
+
     def __init__(self, mesh: DeviceMesh) -> None:
         self.group = mesh.ulysses_group
         self.rank = mesh.ulysses_rank
@@ -74,7 +76,8 @@ class UlyssesAttnProcessor:
         heads = slice(self.rank * attn.heads // self.degree, (self.rank + 1) * attn.heads // self.degree)
         query, key, value = (torch.cat([v, t[:, :, heads]], dim=1) for v, t in zip(video, text, strict=True))
 
-        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+                                    backend=self._attention_backend)
         out = out.to(query.dtype)
         video_out = heads_to_sequence(out[:, :-text_length], self.group).flatten(2, 3)
         text_out = all_gather_cat(out[:, -text_length:], dim=2, group=self.group).flatten(2, 3)
@@ -114,6 +117,7 @@ def parallelize_transformer(transformer: HunyuanVideoTransformer3DModel, mesh: D
     if mesh.ulysses_degree == 1:
         return
     processor = UlyssesAttnProcessor(mesh)
+    processor._attention_backend = getattr(transformer.transformer_blocks[0].attn.processor, "_attention_backend", None)
     for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
         block.attn.set_processor(processor)
     transformer.forward = types.MethodType(_sequence_parallel_forward, transformer)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 
+from skyreels.optimize.apply import prepare_transformer
+from skyreels.optimize.config import OptimizeConfig
 from skyreels.parallel.cfg import gather_branches
 from skyreels.parallel.mesh import DeviceMesh
 from skyreels.parallel.ulysses import parallelize_transformer
@@ -20,6 +22,7 @@ from skyreels.stages.conditioning import Conditioning, ImageCondition, PromptEmb
 
 logger = logging.getLogger(__name__)
 
+CFG_BRANCHES = ("cond", "uncond")
 VAE_TEMPORAL_COMPRESSION = 4
 VAE_SPATIAL_COMPRESSION = 8
 
@@ -75,8 +78,11 @@ class DenoiseStage:
         scheduler: FlowMatchEulerDiscreteScheduler,
         batch_cfg: bool = True,
         mesh: DeviceMesh | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
         self.transformer = transformer.eval().requires_grad_(False)
+        # where the steps run: the transformer's device, unless its weights are offloaded to the host
+        self._device = torch.device(device) if device is not None else None
         self.mesh: DeviceMesh | None = None
         if mesh is not None:
             self.distribute(mesh)
@@ -93,19 +99,25 @@ class DenoiseStage:
         dtype: torch.dtype = torch.float32,
         batch_cfg: bool = True,
         mesh: DeviceMesh | None = None,
+        optimize: OptimizeConfig | None = None,
     ) -> DenoiseStage:
-        transformer = HunyuanVideoTransformer3DModel.from_pretrained(transformer_dir, torch_dtype=dtype).to(device)
+        transformer = HunyuanVideoTransformer3DModel.from_pretrained(transformer_dir, torch_dtype=dtype)
+        optimize = optimize or OptimizeConfig()
+        prepare_transformer(transformer, optimize, torch.device(device))
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(scheduler_dir)
-        return cls(transformer, scheduler, batch_cfg=batch_cfg, mesh=mesh)
+        execution_device = device if optimize.block_offload else None
+        return cls(transformer, scheduler, batch_cfg=batch_cfg, mesh=mesh, device=execution_device)
 
     def distribute(self, mesh: DeviceMesh) -> None:
         """Run over `mesh` from now on: CFG branches split, video tokens sharded (Ulysses)."""
+        if mesh.ulysses_degree > 1 and self.transformer.is_cache_enabled:
+            raise ValueError("the step cache decides per rank; it cannot run with Ulysses parallelism yet")
         parallelize_transformer(self.transformer, mesh)
         self.mesh = mesh
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.device
+        return self._device or self.transformer.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -166,6 +178,8 @@ class DenoiseStage:
         scheduler.set_timesteps(sigmas=sigmas, device=self.device)
         scheduler.set_begin_index(0)
 
+        if self.transformer.is_cache_enabled:
+            self.transformer._reset_stateful_cache()  # the cache compares steps of this video only
         latents = self.initial_noise(params, image).to(self.device)
         image_latents = self._padded_image_latents(image, params) if image is not None else None
         conditioning = conditioning.to(self.device, self.dtype)
@@ -190,30 +204,40 @@ class DenoiseStage:
         use_cfg: bool,
     ) -> torch.Tensor:
         if not use_cfg:
-            return self._forward(model_input, timestep, [conditioning.positive], guidance)
+            return self._forward(model_input, timestep, [conditioning.positive], guidance, "cond")
         branches = [conditioning.positive, conditioning.negative]
         if self.mesh is not None and self.mesh.cfg_degree == 2:
-            mine = self._forward(model_input, timestep, [branches[self.mesh.cfg_rank]], guidance)
+            mine = self._forward(model_input, timestep, [branches[self.mesh.cfg_rank]], guidance,
+                                 CFG_BRANCHES[self.mesh.cfg_rank])
             positive, negative = gather_branches(mine, self.mesh)
         elif self.batch_cfg:
-            positive, negative = self._forward(model_input.repeat(2, 1, 1, 1, 1), timestep, branches, guidance).chunk(2)
+            batched = model_input.repeat(2, 1, 1, 1, 1)
+            positive, negative = self._forward(batched, timestep, branches, guidance, "cond+uncond").chunk(2)
         else:
-            positive, negative = (self._forward(model_input, timestep, [branch], guidance) for branch in branches)
+            positive, negative = (self._forward(model_input, timestep, [branch], guidance, name)
+                                  for branch, name in zip(branches, CFG_BRANCHES, strict=True))
         return negative + params.guidance_scale * (positive - negative)
 
     def _forward(
-        self, model_input: torch.Tensor, timestep: torch.Tensor, prompts: list[PromptEmbeds], guidance: torch.Tensor
+        self,
+        model_input: torch.Tensor,
+        timestep: torch.Tensor,
+        prompts: list[PromptEmbeds],
+        guidance: torch.Tensor,
+        cache_name: str,
     ) -> torch.Tensor:
+        """One DiT forward; `cache_name` keeps the step cache's history per CFG branch."""
         batch = model_input.shape[0]
-        return self.transformer(
-            hidden_states=model_input,
-            timestep=timestep.expand(batch).to(torch.float32),
-            encoder_hidden_states=torch.cat([p.embeds for p in prompts]),
-            encoder_attention_mask=torch.cat([p.mask for p in prompts]),
-            pooled_projections=torch.cat([p.pooled for p in prompts]),
-            guidance=guidance.expand(batch),
-            return_dict=False,
-        )[0]
+        with self.transformer.cache_context(cache_name):
+            return self.transformer(
+                hidden_states=model_input,
+                timestep=timestep.expand(batch).to(torch.float32),
+                encoder_hidden_states=torch.cat([p.embeds for p in prompts]),
+                encoder_attention_mask=torch.cat([p.mask for p in prompts]),
+                pooled_projections=torch.cat([p.pooled for p in prompts]),
+                guidance=guidance.expand(batch),
+                return_dict=False,
+            )[0]
 
     def _padded_image_latents(self, image: ImageCondition, params: DenoiseParams) -> torch.Tensor:
         """The first-frame latents followed by zeros over the remaining latent frames."""

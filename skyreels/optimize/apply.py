@@ -1,0 +1,41 @@
+"""Applies an OptimizeConfig to the models of the stages, in the order that composes."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import HunyuanVideoTransformer3DModel
+from torch import nn
+
+from skyreels.optimize.attention import set_backend, usable_backend
+from skyreels.optimize.cache import enable_step_cache
+from skyreels.optimize.compile import compile_blocks
+from skyreels.optimize.config import OptimizeConfig
+from skyreels.optimize.offload import stream_blocks
+from skyreels.optimize.quant import quantize_linears, resolve_mode
+
+
+def prepare_transformer(
+    transformer: HunyuanVideoTransformer3DModel, config: OptimizeConfig, device: torch.device
+) -> None:
+    """Quantise, pick the attention kernel, add the step cache, place (or stream) it, compile.
+
+    The model arrives on the CPU; it ends on `device`, or on the CPU when offloaded.
+    """
+    if config.quant != "none":
+        quantize_linears(transformer, resolve_mode(config.quant, device))
+    backend = usable_backend(config.attention_backend)
+    if backend != "native":
+        set_backend(transformer, backend)
+    if config.step_cache_threshold is not None:
+        enable_step_cache(transformer, config.step_cache_threshold)
+    if config.block_offload:
+        stream_blocks(transformer, device, keep_pinned=config.high_cpu_memory)
+    elif not config.offload:
+        transformer.to(device)
+    if config.compile:
+        compile_blocks(transformer, config.compile_cache_dir)
+
+
+def prepare_text_encoder(llama: nn.Module, config: OptimizeConfig, device: torch.device) -> None:
+    if config.quant != "none":
+        quantize_linears(llama, resolve_mode(config.quant, device))
