@@ -15,12 +15,11 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from skyreels.models import ModelNotAvailableError
+from skyreels.optimize.config import OptimizeConfig
 from skyreels.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Task
 
 logger = logging.getLogger("skyreels")
 
-# Flags of the original CLI whose features are not built yet: parsed, then refused clearly.
-PENDING_FLAGS = ("quant", "offload", "high_cpu_memory", "parameters_level", "compiler_transformer")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -51,8 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--sequence_batch", action="store_true", help="run the CFG branches one after the other (less memory)"
     )
-    for flag in PENDING_FLAGS:
-        generate.add_argument(f"--{flag}", action="store_true", help="not available yet")
+    speed = generate.add_argument_group("speed and memory")
+    speed.add_argument("--quant", action="store_true", help="weight-only quantisation (fp8 or int8)")
+    speed.add_argument("--quant_mode", choices=["auto", "fp8", "int8"], default="auto", help="with --quant")
+    speed.add_argument("--offload", action="store_true", help="each model on the GPU only while its stage runs")
+    speed.add_argument("--parameters_level", action="store_true",
+                       help="stream DiT blocks from host memory with prefetch (lowest GPU memory)")
+    speed.add_argument("--high_cpu_memory", action="store_true", help="keep pinned host copies resident")
+    speed.add_argument("--compiler_transformer", action="store_true", help="torch.compile the DiT blocks")
+    speed.add_argument("--compile_cache_dir", type=Path, help="inductor cache directory")
+    speed.add_argument("--attention_backend", default="native", choices=["native", "flash", "_flash_3", "sage"])
+    speed.add_argument("--step_cache_threshold", type=float,
+                       help="First-Block cache threshold (e.g. 0.05): faster, slightly different video")
     generate.set_defaults(run=run_generate)
 
     for name, help_text in (("serve", "run the Ray Serve application locally until Ctrl-C"),
@@ -87,9 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run_generate(args: argparse.Namespace) -> int:
     from skyreels.pipeline import LocalPipeline
 
-    pending = [f"--{flag}" for flag in PENDING_FLAGS if getattr(args, flag)]
-    if pending:
-        raise UsageError(f"{', '.join(pending)}: not available yet in this version")
     if args.video_num < 1:
         raise UsageError("--video_num must be at least 1")
     request = GenerationRequest(
@@ -113,6 +119,16 @@ def run_generate(args: argparse.Namespace) -> int:
         dtype=DTYPES[args.dtype] if args.dtype else None,
         gpu_num=args.gpu_num,
         sequence_batch=args.sequence_batch,
+        optimize=OptimizeConfig(
+            quant=args.quant_mode if args.quant else "none",
+            offload=args.offload,
+            block_offload=args.parameters_level,
+            high_cpu_memory=args.high_cpu_memory,
+            compile=args.compiler_transformer,
+            compile_cache_dir=args.compile_cache_dir,
+            attention_backend=args.attention_backend,
+            step_cache_threshold=args.step_cache_threshold,
+        ),
     )
     out_dir = Path("results") / args.outdir
     out_dir.mkdir(parents=True, exist_ok=True)

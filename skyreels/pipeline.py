@@ -6,11 +6,14 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
 
 from skyreels.models import ModelPaths, ModelSettings, resolve_model
+from skyreels.optimize.config import OptimizeConfig
+from skyreels.optimize.offload import on_device
 from skyreels.parallel.local import GangSpec, LocalGang
 from skyreels.parallel.mesh import MeshShape
 from skyreels.progress import StepCallback
@@ -49,7 +52,14 @@ class VideoGenerator(ABC):
 class LocalPipeline(VideoGenerator):
     """Text encoder, DiT and VAE of one task, loaded once, run in order for each request."""
 
-    def __init__(self, task: Task, text: TextEncoderStage, denoise: DenoiseStage, vae: VaeStage) -> None:
+    def __init__(
+        self,
+        task: Task,
+        text: TextEncoderStage,
+        denoise: DenoiseStage,
+        vae: VaeStage,
+        offload_to: torch.device | str | None = None,
+    ) -> None:
         if denoise.takes_image != (task is Task.I2V):
             kind = "an I2V" if denoise.takes_image else "a T2V"
             raise ValueError(f"the transformer is {kind} model; it cannot run task {task.value}")
@@ -57,6 +67,8 @@ class LocalPipeline(VideoGenerator):
         self.text = text
         self.denoise = denoise
         self.vae = vae
+        # model-level offload: the models live in host memory and visit this device stage by stage
+        self.offload_to = offload_to
 
     @classmethod
     def from_pretrained(
@@ -68,13 +80,16 @@ class LocalPipeline(VideoGenerator):
         gpu_num: int = 1,
         sequence_batch: bool = False,
         settings: ModelSettings | None = None,
+        optimize: OptimizeConfig | None = None,
     ) -> VideoGenerator:
         """The stages in this process; with gpu_num > 1, a GangPipeline of that many processes."""
         task = Task(task)
+        optimize = optimize or OptimizeConfig()
         dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
         if gpu_num > 1:
             device_type = torch.device(device).type
-            spec = GangSpec(str(source), task, device_type, dtype, gpu_num, sequence_batch, settings or ModelSettings())
+            spec = GangSpec(str(source), task, device_type, dtype, gpu_num, sequence_batch,
+                            settings or ModelSettings(), optimize)
             MeshShape.plan(gpu_num, num_heads=_heads(resolve_model(str(source), task, spec.settings)),
                            sequence_batch=sequence_batch)  # refuse a bad gpu_num before spawning
             return GangPipeline(task, LocalGang(spec))
@@ -82,30 +97,38 @@ class LocalPipeline(VideoGenerator):
         logger.info("loading %s (%s) on %s as %s", source, task.value, device, dtype)
         return cls(
             task=task,
-            text=TextEncoderStage.from_pretrained(paths.base, device=device, dtype=dtype),
+            text=TextEncoderStage.from_pretrained(paths.base, device=device, dtype=dtype, optimize=optimize),
             denoise=DenoiseStage.from_pretrained(
-                paths.transformer, paths.component("scheduler"), device=device, dtype=dtype, batch_cfg=not sequence_batch
+                paths.transformer, paths.component("scheduler"), device=device, dtype=dtype,
+                batch_cfg=not sequence_batch, optimize=optimize,
             ),
-            vae=VaeStage.from_pretrained(paths.component("vae"), device=device, dtype=dtype),
+            vae=VaeStage.from_pretrained(paths.component("vae"), device="cpu" if optimize.offload else device,
+                                         dtype=dtype),
+            offload_to=device if optimize.offload else None,
         )
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
         request = _checked(request, self.task)
         params = DenoiseParams.from_request(request)
         timings: dict[str, float] = {}
-        with timed(timings, "text"):
+        with timed(timings, "text"), self._visiting(self.text):
             negative = request.negative_prompt if request.uses_true_cfg else None
             conditioning = self.text.encode(request.prompt, negative)
         image = None
         if request.image is not None:
-            with timed(timings, "image_encode"):
+            with timed(timings, "image_encode"), self._visiting(self.vae):
                 image = self.vae.encode_image(request.image, request.height, request.width, params.seed)
-        with timed(timings, "denoise"):
+        with timed(timings, "denoise"), self._visiting(self.denoise):
             latents = self.denoise.denoise(conditioning, params, image=image, on_step=on_step)
-        with timed(timings, "decode"):
+        with timed(timings, "decode"), self._visiting(self.vae):
             frames = self.vae.decode(latents)
         logger.info("generated seed %d in %s", params.seed, {k: round(v, 3) for k, v in timings.items()})
         return GenerationResult(frames=frames, seed=params.seed, fps=request.fps, timings=timings, latents=latents.cpu())
+
+
+    def _visiting(self, stage: TextEncoderStage | DenoiseStage | VaeStage) -> AbstractContextManager:
+        """The stage's models on the accelerator for the block (only with model-level offload)."""
+        return on_device(self.offload_to, *stage.models()) if self.offload_to is not None else nullcontext()
 
 
 class GangPipeline(VideoGenerator):

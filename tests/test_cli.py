@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from skyreels.cli import main
+from tests_support import assert_same_video
 
 SMALL = ["--height", "64", "--width", "64", "--num_frames", "9", "--num_inference_steps", "2"]
 
@@ -43,11 +44,13 @@ def test_invalid_request_exits_2_with_the_rule(in_tmp: Path, capsys: pytest.Capt
     assert "num_frames must be 4k+1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag", ["--quant", "--offload", "--high_cpu_memory", "--parameters_level",
-                                  "--compiler_transformer"])
-def test_pending_flags_are_refused(in_tmp: Path, capsys: pytest.CaptureFixture, flag: str) -> None:
-    assert main(["generate", "--prompt", "x", flag]) == 2
-    assert f"{flag}: not available yet" in capsys.readouterr().err
+@pytest.mark.parametrize("flags", [["--quant"], ["--quant", "--quant_mode", "fp8"], ["--offload"],
+                                   ["--parameters_level", "--high_cpu_memory"], ["--attention_backend", "sage"],
+                                   ["--step_cache_threshold", "0.05"]])
+def test_speed_flags_generate_a_video(in_tmp: Path, flags: list[str]) -> None:
+    assert main(["generate", "--prompt", "fast", *flags, *SMALL]) == 0
+    (video,) = (in_tmp / "results" / "skyreels").glob("fast_42_0.mp4")
+    assert iio.imread(video, plugin="FFMPEG").shape == (9, 64, 64, 3)
 
 
 def test_unsupported_gpu_count_refused(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
@@ -62,7 +65,7 @@ def test_generate_on_a_local_gang_equals_one_process(in_tmp: Path) -> None:
     one = iio.imread(in_tmp / "results" / "one" / "gang_42_0.mp4", plugin="FFMPEG")
     two = iio.imread(in_tmp / "results" / "two" / "gang_42_0.mp4", plugin="FFMPEG")
     assert one.shape == two.shape == (9, 64, 64, 3)
-    assert abs(one.astype(int) - two.astype(int)).max() <= 2
+    assert_same_video(two, one)
 
 
 def test_unreadable_image(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:

@@ -15,13 +15,15 @@ logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def on_device(model: nn.Module, device: torch.device | str) -> Iterator[None]:
-    """Moves `model` to `device` for the block, back to host memory after (model-level offload)."""
-    model.to(device)
+def on_device(device: torch.device | str, *models: nn.Module) -> Iterator[None]:
+    """Moves `models` to `device` for the block, back to host memory after (model-level offload)."""
+    for model in models:
+        model.to(device)
     try:
         yield
     finally:
-        model.to("cpu")
+        for model in models:
+            model.to("cpu")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

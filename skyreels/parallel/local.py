@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from skyreels.models import ModelSettings, resolve_model
+from skyreels.optimize.config import OptimizeConfig
 from skyreels.parallel.gang import gang_steps
 from skyreels.parallel.group import GroupSpec, destroy_group, free_port, init_group
 from skyreels.parallel.mesh import DeviceMesh, MeshShape
@@ -41,6 +42,7 @@ class GangSpec:
     world_size: int
     sequence_batch: bool
     settings: ModelSettings
+    optimize: OptimizeConfig
 
 
 @dataclass(frozen=True)
@@ -126,11 +128,13 @@ def _rank_main(rank, port, spec: GangSpec, requests, results, cancel) -> None:
         device = f"cuda:{rank}" if spec.device == "cuda" else "cpu"
         paths = resolve_model(spec.source, spec.task, spec.settings)
         denoise = DenoiseStage.from_pretrained(paths.transformer, paths.component("scheduler"), device=device,
-                                               dtype=spec.dtype, batch_cfg=not spec.sequence_batch)
+                                               dtype=spec.dtype, batch_cfg=not spec.sequence_batch,
+                                               optimize=spec.optimize)
         heads = denoise.transformer.config.num_attention_heads
         denoise.distribute(DeviceMesh(MeshShape.plan(spec.world_size, heads, sequence_batch=spec.sequence_batch)))
         # rank 0 alone encodes the prompt; every rank decodes its share of the VAE tiles
-        text = TextEncoderStage.from_pretrained(paths.base, device=device, dtype=spec.dtype) if rank == 0 else None
+        text = TextEncoderStage.from_pretrained(paths.base, device=device, dtype=spec.dtype,
+                                                optimize=spec.optimize) if rank == 0 else None
         vae = VaeStage.from_pretrained(paths.component("vae"), device=device, dtype=spec.dtype)
         results.put(_Ready(rank))
         while (request := requests.get()) is not None:

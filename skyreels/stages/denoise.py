@@ -119,6 +119,9 @@ class DenoiseStage:
     def device(self) -> torch.device:
         return self._device or self.transformer.device
 
+    def models(self) -> tuple[torch.nn.Module, ...]:
+        return (self.transformer,)
+
     @property
     def dtype(self) -> torch.dtype:
         return self.transformer.dtype

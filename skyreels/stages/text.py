@@ -10,6 +10,8 @@ import torch
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, PreTrainedTokenizerBase
 
+from skyreels.optimize.apply import prepare_text_encoder
+from skyreels.optimize.config import OptimizeConfig
 from skyreels.stages.conditioning import Conditioning, PromptEmbeds
 
 logger = logging.getLogger(__name__)
@@ -40,15 +42,26 @@ class TextEncoderStage:
 
     @classmethod
     def from_pretrained(
-        cls, base: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        cls,
+        base: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        optimize: OptimizeConfig | None = None,
     ) -> TextEncoderStage:
         base = Path(base)
+        optimize = optimize or OptimizeConfig()
+        llama = LlamaModel.from_pretrained(base / "text_encoder", torch_dtype=dtype)
+        prepare_text_encoder(llama, optimize, torch.device(device))
+        placement = "cpu" if optimize.offload else device
         return cls(
-            llama=LlamaModel.from_pretrained(base / "text_encoder", torch_dtype=dtype).to(device),
+            llama=llama.to(placement),
             llama_tokenizer=AutoTokenizer.from_pretrained(base / "tokenizer"),
-            clip=CLIPTextModel.from_pretrained(base / "text_encoder_2", torch_dtype=dtype).to(device),
+            clip=CLIPTextModel.from_pretrained(base / "text_encoder_2", torch_dtype=dtype).to(placement),
             clip_tokenizer=AutoTokenizer.from_pretrained(base / "tokenizer_2"),
         )
+
+    def models(self) -> tuple[torch.nn.Module, ...]:
+        return self.llama, self.clip
 
     @property
     def device(self) -> torch.device:

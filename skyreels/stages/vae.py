@@ -37,6 +37,9 @@ class VaeStage:
     def device(self) -> torch.device:
         return self.vae.device
 
+    def models(self) -> tuple[torch.nn.Module, ...]:
+        return (self.vae,)
+
     @torch.inference_mode()
     def encode_image(self, image: Image.Image, height: int, width: int, seed: int) -> ImageCondition:
         """The first frame's latents, sampled from the seed's generator as diffusers' I2V does."""

@@ -11,7 +11,7 @@ from PIL import Image
 
 from serve_app.client import JobFailed, VideoAPIError, VideoClient
 from skyreels import GenerationRequest, LocalPipeline, Task
-from tests_support import decode_mp4
+from tests_support import assert_same_video, decode_mp4
 
 pytestmark = pytest.mark.slow
 
@@ -155,14 +155,6 @@ def test_content_before_completion_is_409(client: VideoClient) -> None:
     client.cancel(job["id"])
     with pytest.raises(JobFailed):
         client.wait(job["id"], timeout_s=120)
-
-
-def assert_same_video(served: np.ndarray, local: np.ndarray) -> None:
-    """The gang of 2 splits the CFG branches: its latents equal one process to ~1e-6, which can move a
-    pixel by 1/255 and then the encoder's choices; the decoded videos stay the same picture."""
-    difference = np.abs(served.astype(int) - local.astype(int))
-    print(f"served vs local: max {difference.max()}, mean {difference.mean():.4f}")
-    assert difference.mean() < 0.5 and np.percentile(difference, 99) <= 4
 
 
 def _png_bytes() -> bytes:
