@@ -1,0 +1,90 @@
+"""Every speed/memory option once on the tiny preset, against the unoptimised run in the same process.
+
+    python benchmarks/bench_options.py --out benchmarks/results/options_tiny_cpu.json
+
+Reports seconds per video, max |latents - baseline| and PSNR of the frames against the baseline.
+This is the CPU check of the options; GPU figures come from bench_dit.py / bench_e2e.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skyreels import GenerationRequest, LocalPipeline
+from skyreels.optimize import OptimizeConfig
+
+OPTIONS: dict[str, dict] = {
+    "baseline": {},
+    "quant int8": {"quant": "int8"},
+    "quant fp8": {"quant": "fp8"},
+    "offload (model level)": {"offload": True},
+    "parameters_level (block streaming)": {"block_offload": True, "high_cpu_memory": True},
+    "compile (regional)": {"compile": True},
+    "attention sage (falls back to SDPA if missing)": {"attention_backend": "sage"},
+    # the tiny DiT has 2 blocks and random weights: its first block changes a lot between steps, so
+    # only high thresholds skip anything here (0.05-0.1 is the range for the real model)
+    "step cache 0.5": {"step_cache_threshold": 0.5},
+    "step cache 0.9": {"step_cache_threshold": 0.9},
+}
+
+
+def psnr(frames: np.ndarray, reference: np.ndarray) -> float:
+    mse = np.mean((frames.astype(np.float64) - reference.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--size", default="64x64")
+    parser.add_argument("--num_frames", type=int, default=9)
+    parser.add_argument("--num_inference_steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/options_tiny_cpu.json"))
+    args = parser.parse_args()
+    width, height = map(int, args.size.split("x"))
+    request = GenerationRequest(prompt="a cat walks on the grass", height=height, width=width,
+                                num_frames=args.num_frames, num_inference_steps=args.num_inference_steps, seed=42)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, baseline = [], None
+    for name, options in OPTIONS.items():
+        pipe = LocalPipeline.from_pretrained(args.model, device=device, optimize=OptimizeConfig(**options))
+        pipe.generate(request)  # warm-up (compiles, caches)
+        start = time.perf_counter()
+        result = pipe.generate(request)
+        seconds = time.perf_counter() - start
+        baseline = baseline or result
+        rows.append({
+            "option": name, "seconds": seconds,
+            "max_abs_diff_latents": (result.latents - baseline.latents).abs().max().item(),
+            "psnr_db": psnr(result.frames, baseline.frames),
+        })
+        print(rows[-1], flush=True)
+    report = {
+        "command": f"python {' '.join(sys.argv)}",
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "workload": {"model": args.model, "size": args.size, "num_frames": args.num_frames,
+                     "num_inference_steps": args.num_inference_steps},
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Options on {args.model} ({report['workload']})", "",
+             f"Device: {report['device']}; versions: {report['versions']}; command: `{report['command']}`", "",
+             "| option | s/video | max abs diff latents | PSNR vs baseline (dB) |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['option']} | {r['seconds']:.3f} | {r['max_abs_diff_latents']:.2e} | {r['psnr_db']:.1f} |"
+              for r in rows]
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Every speed/memory option on the tiny preset, against the unoptimised pipeline (CPU)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from skyreels import GenerationRequest, LocalPipeline
+from skyreels.optimize import OptimizeConfig
+from skyreels.optimize.attention import usable_backend
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def request_() -> GenerationRequest:
+    return GenerationRequest(prompt="a cat walks", height=64, width=64, num_frames=9, num_inference_steps=STEPS,
+                             seed=42)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_t2v_dir: Path, request_: GenerationRequest):
+    return LocalPipeline.from_pretrained(tiny_t2v_dir).generate(request_)
+
+
+def run(model: Path, request: GenerationRequest, **options):
+    pipe = LocalPipeline.from_pretrained(model, optimize=OptimizeConfig(**options))
+    return pipe, pipe.generate(request)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize(("mode", "tensor_type", "min_psnr"), [("int8", "Int8Tensor", 50), ("fp8", "Float8Tensor", 45)])
+def test_weight_only_quant_stays_close(tiny_t2v_dir, request_, baseline, mode, tensor_type, min_psnr) -> None:
+    pipe, result = run(tiny_t2v_dir, request_, quant=mode)
+    transformer = pipe.denoise.transformer
+    assert type(transformer.transformer_blocks[0].attn.to_q.weight).__name__ == tensor_type
+    assert type(pipe.text.llama.layers[0].mlp.up_proj.weight).__name__ == tensor_type
+    # the sensitive ends stay in full precision
+    assert type(transformer.proj_out.weight) is torch.nn.Parameter
+    assert type(transformer.x_embedder.proj.weight) is torch.nn.Parameter
+    assert 0 < (result.latents - baseline.latents).abs().max() < 0.05
+    assert psnr(result.frames, baseline.frames) > min_psnr
+
+
+@pytest.mark.parametrize("options", [{"offload": True}, {"block_offload": True}, {"block_offload": True,
+                                                                                    "high_cpu_memory": True}])
+def test_offload_is_lossless(tiny_t2v_dir, request_, baseline, options) -> None:
+    pipe, result = run(tiny_t2v_dir, request_, **options)
+    assert torch.equal(result.latents, baseline.latents)
+    assert np.array_equal(result.frames, baseline.frames)
+    assert all(p.device.type == "cpu" for p in pipe.denoise.transformer.parameters())
+
+
+def test_missing_attention_backend_falls_back(tiny_t2v_dir, request_, baseline, caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert usable_backend("sage") in ("sage", "native")
+        _, result = run(tiny_t2v_dir, request_, attention_backend="sage")
+    if usable_backend("sage") == "native":
+        assert "not installed; using native" in caplog.text
+        assert torch.equal(result.latents, baseline.latents)
+
+
+def test_unknown_attention_backend_refused() -> None:
+    with pytest.raises(ValueError, match="attention backend must be one of"):
+        usable_backend("magic")
+
+
+def test_step_cache_skips_and_reports_its_cost(tiny_t2v_dir, request_, baseline) -> None:
+    _, strict = run(tiny_t2v_dir, request_, step_cache_threshold=0.0)
+    assert torch.equal(strict.latents, baseline.latents)  # a zero threshold never skips
+    _, loose = run(tiny_t2v_dir, request_, step_cache_threshold=0.9)
+    assert not torch.equal(loose.latents, baseline.latents)
+    assert psnr(loose.frames, baseline.frames) > 20
+
+
+def test_step_cache_resets_between_videos(tiny_t2v_dir, request_) -> None:
+    pipe = LocalPipeline.from_pretrained(tiny_t2v_dir, optimize=OptimizeConfig(step_cache_threshold=0.9))
+    first, second = pipe.generate(request_), pipe.generate(request_)
+    assert torch.equal(first.latents, second.latents)
+
+
+@pytest.mark.slow
+def test_regional_compile_matches(tiny_t2v_dir, request_, baseline, tmp_path) -> None:
+    pipe, result = run(tiny_t2v_dir, request_, compile=True, compile_cache_dir=tmp_path / "inductor")
+    assert torch.allclose(result.latents, baseline.latents, atol=1e-4)
+    assert any((tmp_path / "inductor").iterdir())
