@@ -11,12 +11,14 @@ from pathlib import Path
 
 import torch
 
+from skyreels import random_full
 from skyreels.models import ModelPaths, ModelSettings, resolve_model
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.optimize.offload import on_device
 from skyreels.parallel.local import GangSpec, LocalGang
 from skyreels.parallel.mesh import MeshShape
 from skyreels.progress import StepCallback
+from skyreels.random_full import RANDOM_FULL
 from skyreels.request import GenerationRequest, Task
 from skyreels.stages.denoise import DenoiseParams, DenoiseStage
 from skyreels.stages.text import TextEncoderStage
@@ -93,6 +95,8 @@ class LocalPipeline(VideoGenerator):
             MeshShape.plan(gpu_num, num_heads=_heads(resolve_model(str(source), task, spec.settings)),
                            sequence_batch=sequence_batch)  # refuse a bad gpu_num before spawning
             return GangPipeline(task, LocalGang(spec))
+        if source == RANDOM_FULL:
+            return cls._random_full(task, device, dtype, sequence_batch, optimize)
         paths = resolve_model(str(source), task, settings)
         logger.info("loading %s (%s) on %s as %s", source, task.value, device, dtype)
         return cls(
@@ -105,6 +109,20 @@ class LocalPipeline(VideoGenerator):
             vae=VaeStage.from_pretrained(paths.component("vae"), device="cpu" if optimize.offload else device,
                                          dtype=dtype),
             offload_to=device if optimize.offload else None,
+        )
+
+    @classmethod
+    def _random_full(
+        cls, task: Task, device: str | torch.device, dtype: torch.dtype, sequence_batch: bool, optimize: OptimizeConfig
+    ) -> LocalPipeline:
+        """The real architecture with random weights made on the device: for benchmarks only."""
+        logger.info("building the random-full %s model on %s as %s", task.value, device, dtype)
+        return cls(
+            task=task,
+            text=random_full.RandomTextEncoderStage(device, dtype),
+            denoise=DenoiseStage.prepared(random_full.random_transformer(task, device, dtype),
+                                          random_full.scheduler(), device, optimize, batch_cfg=not sequence_batch),
+            vae=VaeStage(random_full.random_vae(device, dtype)),
         )
 
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:

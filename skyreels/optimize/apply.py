@@ -33,7 +33,7 @@ def prepare_transformer(
     elif not config.offload:
         transformer.to(device)
     if config.compile:
-        compile_blocks(transformer, config.compile_cache_dir)
+        compile_blocks(transformer, config.compile_cache_dir, fullgraph=config.step_cache_threshold is None)
 
 
 def prepare_text_encoder(llama: nn.Module, config: OptimizeConfig, device: torch.device) -> None:

@@ -102,9 +102,22 @@ class DenoiseStage:
         optimize: OptimizeConfig | None = None,
     ) -> DenoiseStage:
         transformer = HunyuanVideoTransformer3DModel.from_pretrained(transformer_dir, torch_dtype=dtype)
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(scheduler_dir)
+        return cls.prepared(transformer, scheduler, device, optimize, batch_cfg=batch_cfg, mesh=mesh)
+
+    @classmethod
+    def prepared(
+        cls,
+        transformer: HunyuanVideoTransformer3DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        device: str | torch.device,
+        optimize: OptimizeConfig | None = None,
+        batch_cfg: bool = True,
+        mesh: DeviceMesh | None = None,
+    ) -> DenoiseStage:
+        """A stage over a model already built, with the optimisations applied."""
         optimize = optimize or OptimizeConfig()
         prepare_transformer(transformer, optimize, torch.device(device))
-        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(scheduler_dir)
         execution_device = device if optimize.block_offload else None
         return cls(transformer, scheduler, batch_cfg=batch_cfg, mesh=mesh, device=execution_device)
 

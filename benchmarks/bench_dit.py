@@ -1,0 +1,159 @@
+"""DiT seconds per step and per 30-step CFG video, peak memory and MFU, optimised vs diffusers' default.
+
+GPU (the workload of record, one command, all variants in one run beside the baseline):
+
+    python benchmarks/bench_dit.py --preset random-full --out benchmarks/results/dit_h100.json
+
+CPU check of the harness: python benchmarks/bench_dit.py --preset tiny --height 64 --width 64 \
+    --num_frames 9 --measure_steps 2 --out benchmarks/results/dit_tiny_cpu.json
+
+Variants (each a fresh model, same random weights and inputs):
+  diffusers   diffusers' pipeline call pattern: two CFG forwards per step, default processor, no compile
+  lossless    both CFG branches in one batch, regional torch.compile, best installed attention kernel
+  fp8         lossless + fp8 weight-only quantisation (int8 where the GPU has no fp8)
+  cache       lossless + First-Block step cache (threshold --cache_threshold), timed over every step
+  offload     block-level streaming from pinned host memory (peak memory is the figure of interest)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from skyreels import GenerationRequest, LocalPipeline
+from skyreels.optimize import OptimizeConfig
+from skyreels.optimize.attention import AVAILABLE
+from skyreels.optimize.flops import dit_forward_flops, peak_tflops, video_tokens
+from skyreels.stages.denoise import DenoiseParams
+from skyreels.stages.text import MAX_PROMPT_TOKENS
+
+
+def best_attention() -> str:
+    return next(name for name in ("_flash_3", "flash", "sage", "native") if AVAILABLE[name]())
+
+
+def variants(cache_threshold: float) -> dict[str, tuple[OptimizeConfig, bool]]:
+    """name -> (options, CFG branches batched)."""
+    lossless = dict(compile=True, attention_backend=best_attention())
+    return {
+        "diffusers": (OptimizeConfig(), False),
+        "lossless": (OptimizeConfig(**lossless), True),
+        "fp8": (OptimizeConfig(**lossless, quant="auto"), True),
+        "cache": (OptimizeConfig(**lossless, step_cache_threshold=cache_threshold), True),
+        "offload": (OptimizeConfig(block_offload=True, high_cpu_memory=True), True),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="random-full", help="random-full (GPU), tiny, or a model source")
+    parser.add_argument("--height", type=int, default=544)
+    parser.add_argument("--width", type=int, default=960)
+    parser.add_argument("--num_frames", type=int, default=97)
+    parser.add_argument("--steps", type=int, default=30, help="steps of the video the figures are quoted for")
+    parser.add_argument("--measure_steps", type=int, default=3, help="timed steps per variant (after 1 warm-up)")
+    parser.add_argument("--variants", default="diffusers,lossless,fp8,cache,offload")
+    parser.add_argument("--cache_threshold", type=float, default=0.1)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dit.json"))
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    device_name = torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.machine()}"
+    request = GenerationRequest(prompt="a city at night, neon signs, rain", height=args.height, width=args.width,
+                                num_frames=args.num_frames, num_inference_steps=args.steps, seed=0)
+    params = DenoiseParams.from_request(request)
+
+    rows = []
+    for name in args.variants.split(","):
+        options, batch_cfg = variants(args.cache_threshold)[name]
+        pipe = LocalPipeline.from_pretrained(args.preset, device=device, dtype=dtype, optimize=options,
+                                             sequence_batch=not batch_cfg)
+        stage = pipe.denoise
+        conditioning = pipe.text.encode(request.prompt, request.negative_prompt)
+        config = dict(stage.transformer.config)
+        flops_per_step = 2 * dit_forward_flops(config, video_tokens(config, args.height, args.width,
+                                                                      args.num_frames), MAX_PROMPT_TOKENS)
+        timed_steps = args.steps if name == "cache" else args.measure_steps  # skipping shows over a whole video
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        step_times = _time_steps(stage, conditioning, params, warmup=1, measure=timed_steps, device=device)
+        per_step = sum(step_times) / len(step_times)
+        peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+        peak = peak_tflops(device_name)
+        rows.append({
+            "variant": name, "options": options.model_dump(mode="json"), "cfg_batched": batch_cfg,
+            "seconds_per_step": per_step, "seconds_per_video": per_step * args.steps,
+            "peak_memory_gb": peak_gb, "achieved_tflops": flops_per_step / per_step / 1e12,
+            "mfu": flops_per_step / per_step / (peak * 1e12) if peak else None,
+        })
+        print(json.dumps(rows[-1]), flush=True)
+        del pipe, stage
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    config_flops = dit_forward_flops(config, video_tokens(config, args.height, args.width, args.num_frames),
+                                     MAX_PROMPT_TOKENS)
+    report = {
+        "command": f"python {' '.join(sys.argv)}",
+        "device": device_name,
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
+        "workload": {"preset": args.preset, "height": args.height, "width": args.width,
+                     "num_frames": args.num_frames, "steps": args.steps, "cfg": "true CFG, 2 branches"},
+        "flops_per_forward": config_flops,
+        "matmul_floor_seconds_at_790_tflops": 2 * args.steps * config_flops / 790e12,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+@torch.inference_mode()
+def _time_steps(stage, conditioning, params: DenoiseParams, warmup: int, measure: int, device: str) -> list[float]:
+    """Seconds of each timed step (the first `warmup` steps compile and fill caches, untimed)."""
+    total = warmup + measure
+    params = DenoiseParams(**{**params.__dict__, "num_inference_steps": total})
+    times, last = [], None
+    for progress, latents in stage.steps(conditioning, params):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if last is not None and progress.step > warmup:
+            times.append(now - last)
+        last = now
+    return times
+
+
+def markdown(report: dict) -> str:
+    baseline = next((r for r in report["rows"] if r["variant"] == "diffusers"), None)
+    lines = [
+        f"# DiT benchmark: {report['workload']}",
+        "",
+        f"Device: {report['device']}; versions: {report['versions']}",
+        f"Command: `{report['command']}`",
+        f"FLOPs per forward (counted from the config): {report['flops_per_forward']:.3e}; bf16 matmul floor for "
+        f"the video at 790 TFLOP/s: {report['matmul_floor_seconds_at_790_tflops']:.0f} s",
+        "",
+        "| variant | s/step | s/video | vs diffusers | peak GB | TFLOP/s | MFU |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in report["rows"]:
+        speedup = baseline["seconds_per_step"] / row["seconds_per_step"] if baseline else float("nan")
+        peak = f"{row['peak_memory_gb']:.1f}" if row["peak_memory_gb"] is not None else "-"
+        mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
+        lines.append(f"| {row['variant']} | {row['seconds_per_step']:.4f} | {row['seconds_per_video']:.2f} | "
+                     f"{speedup:.2f}x | {peak} | {row['achieved_tflops']:.3g} | {mfu} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
