@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from skyreels.models import TINY, ModelPaths, resolve_model
+from skyreels.optimize import OptimizeConfig
 from skyreels.request import Task
 
 
@@ -20,6 +21,15 @@ class StageConfig(BaseModel):
     )
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where each stage runs its model.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights and activations.")
+    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig, description="Speed and memory options.")
+
+    @field_validator("optimize")
+    @classmethod
+    def _no_model_offload(cls, optimize: OptimizeConfig) -> OptimizeConfig:
+        if optimize.offload:
+            raise ValueError("optimize.offload (model level) is for one process running every stage; each Serve "
+                             "stage holds its own device: use optimize.block_offload for the DiT")
+        return optimize
 
     @property
     def torch_dtype(self) -> torch.dtype:

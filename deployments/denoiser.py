@@ -62,7 +62,7 @@ class DiTWorker:
         self.stages = {
             task: DenoiseStage.from_pretrained(
                 paths.transformer, paths.component("scheduler"), device=self.device, dtype=config.torch_dtype,
-                batch_cfg=not sequence_batch,
+                batch_cfg=not sequence_batch, optimize=config.optimize,
             )
             for task, paths in ((task, config.paths(task)) for task in config.sources)
         }

@@ -12,7 +12,7 @@ from skyreels.stages.text import TextEncoderStage
 class TextEncoder:
     def __init__(self, config: StageConfig) -> None:
         self.stage = TextEncoderStage.from_pretrained(
-            config.base_paths.base, device=config.device, dtype=config.torch_dtype
+            config.base_paths.base, device=config.device, dtype=config.torch_dtype, optimize=config.optimize
         )
         # one model, one forward at a time; concurrent requests still overlap with their I/O
         self._lock = asyncio.Lock()

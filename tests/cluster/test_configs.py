@@ -339,3 +339,10 @@ def test_launcher_layout(name):
     assert any(f"ray[serve,default]=={ray.__version__}" in c for c in config["setup_commands"])
     worker_setup = " ".join(config["worker_setup_commands"])
     assert "download.pytorch.org/whl/cu" in worker_setup and "skyreels-serve[gpu]" in worker_setup
+
+
+def test_serve_stages_refuse_model_level_offload():
+    config_module = pytest.importorskip("deployments.config")
+    with pytest.raises(ValueError, match="use optimize.block_offload for the DiT"):
+        config_module.StageConfig(optimize={"offload": True})
+    assert config_module.StageConfig(optimize={"quant": "fp8", "block_offload": True}).optimize.quant == "fp8"

@@ -1,0 +1,103 @@
+"""End to end (text + DiT + VAE) seconds and peak memory: LocalPipeline vs diffusers' HunyuanVideoPipeline,
+same weights, same seed, in one run.
+
+    python benchmarks/bench_e2e.py --preset random-full --steps 30 --out benchmarks/results/e2e_h100.json
+    python benchmarks/bench_e2e.py --preset tiny --height 64 --width 64 --num_frames 9 --steps 10 \
+        --out benchmarks/results/e2e_tiny_cpu.json
+
+With random-full the text encoder is random embeddings, given to diffusers as prompt_embeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+from skyreels import GenerationRequest, LocalPipeline
+from skyreels.optimize import OptimizeConfig
+from skyreels.random_full import RandomTextEncoderStage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="random-full")
+    parser.add_argument("--height", type=int, default=544)
+    parser.add_argument("--width", type=int, default=960)
+    parser.add_argument("--num_frames", type=int, default=97)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--compile", action="store_true", help="regional compile in the optimised run")
+    parser.add_argument("--quant", choices=["none", "auto", "fp8", "int8"], default="none")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/e2e.json"))
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    request = GenerationRequest(prompt="a city at night, neon signs, rain", height=args.height, width=args.width,
+                                num_frames=args.num_frames, num_inference_steps=args.steps, seed=0)
+    pipe = LocalPipeline.from_pretrained(args.preset, device=device, dtype=dtype,
+                                         optimize=OptimizeConfig(compile=args.compile, quant=args.quant))
+    ours, ours_s, ours_gb = _measure(lambda: pipe.generate(request).frames, device)
+
+    reference = HunyuanVideoPipeline(
+        text_encoder=None if isinstance(pipe.text, RandomTextEncoderStage) else pipe.text.llama,
+        tokenizer=getattr(pipe.text, "llama_tokenizer", None),
+        text_encoder_2=getattr(pipe.text, "clip", None),
+        tokenizer_2=getattr(pipe.text, "clip_tokenizer", None),
+        transformer=pipe.denoise.transformer, vae=pipe.vae.vae,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(pipe.denoise.scheduler_config),
+    )
+    positive, negative = (pipe.text.encode_prompt(p) for p in (request.prompt, request.negative_prompt))
+    theirs, theirs_s, theirs_gb = _measure(lambda: reference(
+        prompt_embeds=positive.embeds, prompt_attention_mask=positive.mask, pooled_prompt_embeds=positive.pooled,
+        negative_prompt_embeds=negative.embeds, negative_prompt_attention_mask=negative.mask,
+        negative_pooled_prompt_embeds=negative.pooled, height=args.height, width=args.width,
+        num_frames=args.num_frames, num_inference_steps=args.steps, true_cfg_scale=request.guidance_scale,
+        guidance_scale=request.embedded_guidance_scale, generator=torch.Generator("cpu").manual_seed(request.seed),
+        output_type="np",
+    ).frames[0], device)
+    difference = np.abs(ours.astype(int) - (theirs * 255).round().astype(int))
+
+    report = {
+        "command": f"python {' '.join(sys.argv)}",
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.machine()}",
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
+        "workload": {"preset": args.preset, "height": args.height, "width": args.width,
+                     "num_frames": args.num_frames, "steps": args.steps, "compile": args.compile, "quant": args.quant},
+        "skyreels": {"seconds": ours_s, "peak_memory_gb": ours_gb},
+        "diffusers": {"seconds": theirs_s, "peak_memory_gb": theirs_gb},
+        "speedup": theirs_s / ours_s,
+        "max_frame_diff": int(difference.max()),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# End to end: {report['workload']}", "", f"Device: {report['device']}; {report['versions']}",
+             f"Command: `{report['command']}`", "", "| pipeline | seconds | peak GB |", "| --- | --- | --- |",
+             *[f"| {name} | {report[name]['seconds']:.2f} | {report[name]['peak_memory_gb'] or '-'} |"
+               for name in ("skyreels", "diffusers")],
+             "", f"Speed-up {report['speedup']:.2f}x; max frame difference {report['max_frame_diff']}/255."]
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _measure(run, device: str):
+    run()  # warm-up: compile, allocator, caches
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    output = run()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return output, time.perf_counter() - start, peak
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""The random-full preset: real sizes (checked on the meta device), random weights made in place."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import HunyuanVideoTransformer3DModel
+
+from skyreels import random_full
+from skyreels.optimize.flops import dit_forward_flops, video_tokens
+from skyreels.tiny import TRANSFORMER_CONFIG as TINY_CONFIG
+
+
+def test_full_size_architecture() -> None:
+    with torch.device("meta"):
+        model = HunyuanVideoTransformer3DModel(in_channels=16, **random_full.TRANSFORMER_CONFIG)
+    assert 12.8e9 < sum(p.numel() for p in model.parameters()) < 12.9e9
+    assert (len(model.transformer_blocks), len(model.single_transformer_blocks)) == (20, 40)
+
+
+def test_flops_of_the_workload_of_record() -> None:
+    config = dict(random_full.TRANSFORMER_CONFIG)
+    tokens = video_tokens(config, 544, 960, 97)
+    assert tokens == 51_000
+    flops = dit_forward_flops(config, tokens, 256)
+    assert 2.5e15 < flops < 2.8e15  # ~200 s for 60 forwards at 790 TFLOP/s
+
+
+def test_materialize_fills_a_meta_model() -> None:
+    with torch.device("meta"):
+        model = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, text_embed_dim=16,
+                                               pooled_projection_dim=8, **TINY_CONFIG)
+    model = random_full._materialize(model, "cpu", torch.float32, seed=0)
+    weight = model.transformer_blocks[0].attn.to_q.weight
+    assert weight.device.type == "cpu" and 0.015 < weight.std() < 0.025
+    assert torch.equal(model.transformer_blocks[0].attn.norm_q.weight, torch.ones_like(
+        model.transformer_blocks[0].attn.norm_q.weight))
+    out = model(hidden_states=torch.randn(1, 4, 1, 8, 8), timestep=torch.tensor([500.0]),
+                encoder_hidden_states=torch.randn(1, 5, 16), encoder_attention_mask=torch.ones(1, 5),
+                pooled_projections=torch.randn(1, 8), guidance=torch.tensor([1000.0]), return_dict=False)[0]
+    assert out.shape == (1, 4, 1, 8, 8) and torch.isfinite(out).all()
+
+
+def test_random_text_encoder_shapes_and_determinism() -> None:
+    stage = random_full.RandomTextEncoderStage("cpu", torch.float32)
+    a, b = stage.encode("a cat", "blurry"), stage.encode("a cat", "blurry")
+    assert a.positive.embeds.shape == (1, 256, 4096) and a.positive.pooled.shape == (1, 768)
+    assert int(a.positive.mask.sum()) == random_full.PROMPT_TOKENS
+    assert torch.equal(a.positive.embeds, b.positive.embeds)
+    assert not torch.equal(a.positive.embeds, a.negative.embeds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["bench_dit.py", "bench_e2e.py"])
+def test_benchmark_scripts_write_their_tables(script: str, tmp_path: Path, tiny_t2v_dir: Path) -> None:
+    out = tmp_path / "result.json"
+    subprocess.run([sys.executable, f"benchmarks/{script}", "--preset", str(tiny_t2v_dir), "--height", "64",
+                    "--width", "64", "--num_frames", "9", "--steps", "2", "--out", str(out)]
+                   + (["--measure_steps", "1", "--variants", "diffusers,lossless"] if script == "bench_dit.py" else []),
+                   check=True, capture_output=True, cwd=Path(__file__).parents[1])
+    assert out.is_file() and out.with_suffix(".md").read_text().count("|") > 10
