@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from skyreels.stages.vae import VaeStage
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 600.0
+DEATH_POLL_S = 2.0  # how often a silent gang is checked for dead ranks
 
 
 @dataclass(frozen=True)
@@ -107,19 +109,31 @@ class LocalGang:
                 process.terminate()
 
     def _next_message(self, timeout_s: float | None):
+        """The next message from the ranks; a dead or failed rank (or `timeout_s` without any message) closes
+        the gang. A rank killed from outside shows first as a failed collective on the others: the error
+        names the ranks that exited, the cause, before the survivor's traceback."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             try:
-                message = self._results.get(timeout=5 if timeout_s is None else timeout_s)
+                message = self._results.get(timeout=DEATH_POLL_S)
             except queue.Empty:
-                dead = [p.name for p in self._processes if not p.is_alive()]
-                if dead or timeout_s is not None:
+                if dead := self._exited_ranks():
                     self.close()
-                    raise RuntimeError(f"the local gang stopped answering (dead ranks: {dead or 'none'})")
+                    raise RuntimeError(f"gang ranks exited (name: exit code) {dead}; their stderr has the reason "
+                                       "(a script that starts a gang needs an `if __name__ == '__main__':` guard)")
+                if deadline is not None and time.monotonic() > deadline:
+                    self.close()
+                    raise RuntimeError(f"the local gang sent nothing for {timeout_s:.0f} s")
                 continue
             if isinstance(message, _Failed):
+                dead = self._exited_ranks()
                 self.close()
-                raise RuntimeError(f"gang rank {message.rank} failed:\n{message.error}")
+                cause = f"gang ranks exited (name: exit code) {dead}, then " if dead else ""
+                raise RuntimeError(f"{cause}gang rank {message.rank} failed:\n{message.error}")
             return message
+
+    def _exited_ranks(self) -> dict[str, int | None]:
+        return {process.name: process.exitcode for process in self._processes if not process.is_alive()}
 
 
 def _rank_main(rank, port, spec: GangSpec, requests, results, cancel) -> None:
