@@ -12,6 +12,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 
 from skyreels.optimize.apply import prepare_transformer
+from skyreels.optimize.cache import log_step_cache_use, share_step_cache_decisions
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.parallel.cfg import gather_branches
 from skyreels.parallel.mesh import DeviceMesh
@@ -123,9 +124,9 @@ class DenoiseStage:
 
     def distribute(self, mesh: DeviceMesh) -> None:
         """Run over `mesh` from now on: CFG branches split, video tokens sharded (Ulysses)."""
-        if mesh.ulysses_degree > 1 and self.transformer.is_cache_enabled:
-            raise ValueError("the step cache decides per rank; it cannot run with Ulysses parallelism yet")
         parallelize_transformer(self.transformer, mesh)
+        if self.transformer.is_cache_enabled:
+            share_step_cache_decisions(self.transformer, mesh)
         self.mesh = mesh
 
     @property
@@ -208,6 +209,8 @@ class DenoiseStage:
                 model_input = torch.cat([model_input, image_latents], dim=1)
             noise_pred = self._predict_noise(model_input, timestep, conditioning, guidance, params, use_cfg)
             latents = scheduler.step(noise_pred, timestep, latents, return_dict=False)[0]
+            if index + 1 == total and self.transformer.is_cache_enabled:
+                log_step_cache_use(self.transformer)
             yield StepProgress(step=index + 1, total=total), latents
 
     def _predict_noise(
