@@ -1,23 +1,43 @@
-"""TextEncoder deployment: prompt + negative prompt -> Conditioning, with the stage's cache."""
+"""TextEncoder deployment: prompt + negative prompt -> Conditioning.
+
+Prompts of concurrent requests are encoded together: `serve.batch` gathers them for a few
+milliseconds, the stage encodes those it has not cached in one forward, and a repeated prompt
+(the default negative above all) costs nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
+from ray import serve
+from ray.serve.metrics import Histogram
+
 from deployments.config import StageConfig
-from skyreels.stages.conditioning import Conditioning
+from skyreels.stages.conditioning import Conditioning, PromptEmbeds
 from skyreels.stages.text import TextEncoderStage
+
+BATCH_WAIT_S = 0.005
 
 
 class TextEncoder:
-    def __init__(self, config: StageConfig) -> None:
+    def __init__(self, config: StageConfig, max_batch_size: int = 16) -> None:
         self.stage = TextEncoderStage.from_pretrained(
             config.base_paths.base, device=config.device, dtype=config.torch_dtype, optimize=config.optimize
         )
-        # one model, one forward at a time; concurrent requests still overlap with their I/O
-        self._lock = asyncio.Lock()
+        self._encode_batch.set_max_batch_size(max_batch_size)
+        self._batch_prompts = Histogram(
+            "skyreels_text_encoder_batch_prompts", description="Prompts gathered into one TextEncoder batch.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64])
 
     async def encode(self, prompt: str, negative_prompt: str | None) -> Conditioning:
-        async with self._lock:
-            conditioning = await asyncio.to_thread(self.stage.encode, prompt, negative_prompt)
-        return conditioning.to("cpu", conditioning.positive.embeds.dtype)
+        if negative_prompt is None:
+            return Conditioning(positive=await self._encode_batch(prompt))
+        positive, negative = await asyncio.gather(self._encode_batch(prompt), self._encode_batch(negative_prompt))
+        return Conditioning(positive=positive, negative=negative)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=BATCH_WAIT_S)
+    async def _encode_batch(self, prompts: list[str]) -> list[PromptEmbeds]:
+        self._batch_prompts.observe(len(prompts))
+        # one batch at a time (serve.batch's default), off the event loop
+        embeds = await asyncio.to_thread(self.stage.encode_prompts, prompts)
+        return [e.to("cpu", e.embeds.dtype) for e in embeds]

@@ -30,6 +30,8 @@ class AppConfig(StageConfig):
     sequence_batch: bool = Field(
         False, description="Run the CFG branches one after the other on all gang ranks (long videos) "
         "instead of splitting them over two halves of the gang.")
+    text_batch_size: int = Field(
+        16, ge=1, description="Prompts a TextEncoder replica encodes in one forward, gathered across requests.")
     worker_cpus: float = Field(0.5, gt=0, description="CPUs reserved for each DiT worker.")
     reserve_gpus: bool | None = Field(
         None,
@@ -46,7 +48,8 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     stage_config = StageConfig(**config.model_dump(include=set(StageConfig.model_fields)))
     reserve_gpus = config.device == "cuda" if config.reserve_gpus is None else config.reserve_gpus
-    text = serve.deployment(TextEncoder, name="TextEncoder", ray_actor_options={"num_cpus": 0.25})
+    text = serve.deployment(TextEncoder, name="TextEncoder", ray_actor_options={"num_cpus": 0.25},
+                            max_ongoing_requests=config.text_batch_size)
     vae = serve.deployment(Vae, name="Vae", ray_actor_options={"num_cpus": 0.25})
     denoiser = serve.deployment(
         Denoiser,
@@ -61,7 +64,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
                                ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=1000)
     served = [{Task.T2V: MODEL_T2V, Task.I2V: MODEL_I2V}[task] for task in stage_config.sources]
     return ingress.bind(
-        text.bind(stage_config),
+        text.bind(stage_config, config.text_batch_size),
         denoiser.bind(stage_config, config.gpus_per_replica, config.worker_cpus, reserve_gpus, config.sequence_batch),
         vae.bind(stage_config, config.artifact_url),
         served,

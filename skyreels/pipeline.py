@@ -21,7 +21,7 @@ from skyreels.progress import StepCallback
 from skyreels.random_full import RANDOM_FULL
 from skyreels.request import GenerationRequest, Task
 from skyreels.stages.denoise import DenoiseParams, DenoiseStage
-from skyreels.stages.text import TextEncoderStage
+from skyreels.stages.text import PromptEncoder, TextEncoderStage
 from skyreels.stages.vae import VaeStage
 from skyreels.result import GenerationResult
 from skyreels.timing import timed
@@ -57,7 +57,7 @@ class LocalPipeline(VideoGenerator):
     def __init__(
         self,
         task: Task,
-        text: TextEncoderStage,
+        text: PromptEncoder,
         denoise: DenoiseStage,
         vae: VaeStage,
         offload_to: torch.device | str | None = None,
@@ -144,7 +144,7 @@ class LocalPipeline(VideoGenerator):
         return GenerationResult(frames=frames, seed=params.seed, fps=request.fps, timings=timings, latents=latents.cpu())
 
 
-    def _visiting(self, stage: TextEncoderStage | DenoiseStage | VaeStage) -> AbstractContextManager:
+    def _visiting(self, stage: PromptEncoder | DenoiseStage | VaeStage) -> AbstractContextManager:
         """The stage's models on the accelerator for the block (only with model-level offload)."""
         return on_device(self.offload_to, *stage.models()) if self.offload_to is not None else nullcontext()
 

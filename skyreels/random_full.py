@@ -15,8 +15,8 @@ from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler
 from torch import nn
 
 from skyreels.request import Task
-from skyreels.stages.conditioning import Conditioning, PromptEmbeds
-from skyreels.stages.text import MAX_PROMPT_TOKENS
+from skyreels.stages.conditioning import PromptEmbeds
+from skyreels.stages.text import MAX_PROMPT_TOKENS, PromptEncoder
 from skyreels.tiny import FLOW_SHIFT
 
 RANDOM_FULL = "random-full"
@@ -49,17 +49,16 @@ def scheduler() -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT)
 
 
-class RandomTextEncoderStage:
-    """TextEncoderStage's interface; embeddings are random but fixed per prompt (a hash seeds them)."""
+class RandomTextEncoderStage(PromptEncoder):
+    """A text stage whose embeddings are random but fixed per prompt (a hash seeds them)."""
 
     def __init__(self, device: torch.device | str, dtype: torch.dtype) -> None:
         self.device, self.dtype = torch.device(device), dtype
 
-    def encode(self, prompt: str, negative_prompt: str | None = None) -> Conditioning:
-        negative = self.encode_prompt(negative_prompt) if negative_prompt is not None else None
-        return Conditioning(positive=self.encode_prompt(prompt), negative=negative)
+    def encode_prompts(self, prompts: list[str]) -> list[PromptEmbeds]:
+        return [self._random_embeds(prompt) for prompt in prompts]
 
-    def encode_prompt(self, prompt: str) -> PromptEmbeds:
+    def _random_embeds(self, prompt: str) -> PromptEmbeds:
         seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "little")
         generator = torch.Generator().manual_seed(seed)
         mask = torch.zeros(1, MAX_PROMPT_TOKENS, dtype=torch.int64)

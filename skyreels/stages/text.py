@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
+from cachetools import LRUCache
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, PreTrainedTokenizerBase
 
@@ -23,8 +24,31 @@ CLIP_MAX_TOKENS = 77
 LLAMA_HIDDEN_STATE_INDEX = -3
 
 
-class TextEncoderStage:
-    """Encodes prompts; an LRU cache makes a repeated prompt (the default negative) free."""
+class PromptEncoder(ABC):
+    """What the pipeline and the TextEncoder deployment ask of a text stage."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> list[PromptEmbeds]:
+        """Each prompt's embeddings, in order."""
+
+    @abstractmethod
+    def models(self) -> tuple[torch.nn.Module, ...]:
+        """The modules that hold weights (for model-level offload)."""
+
+    def encode_prompt(self, prompt: str) -> PromptEmbeds:
+        return self.encode_prompts([prompt])[0]
+
+    def encode(self, prompt: str, negative_prompt: str | None = None) -> Conditioning:
+        """The prompt and (when CFG is on, i.e. a negative prompt is given) the negative one, in one batch."""
+        if negative_prompt is None:
+            return Conditioning(positive=self.encode_prompt(prompt))
+        positive, negative = self.encode_prompts([prompt, negative_prompt])
+        return Conditioning(positive=positive, negative=negative)
+
+
+class TextEncoderStage(PromptEncoder):
+    """Encodes prompts, several in one forward; an LRU cache makes a repeated prompt (the default
+    negative) free."""
 
     def __init__(
         self,
@@ -38,7 +62,7 @@ class TextEncoderStage:
         self.llama_tokenizer = llama_tokenizer
         self.clip = clip.eval().requires_grad_(False)
         self.clip_tokenizer = clip_tokenizer
-        self._encode_cached = functools.lru_cache(maxsize=cache_size)(self._encode_uncached)
+        self._cache: LRUCache[str, PromptEmbeds] = LRUCache(maxsize=cache_size)
 
     @classmethod
     def from_pretrained(
@@ -73,17 +97,27 @@ class TextEncoderStage:
         return Conditioning(positive=self.encode_prompt(prompt), negative=negative)
 
     def encode_prompt(self, prompt: str) -> PromptEmbeds:
-        return self._encode_cached(prompt)
+        return self.encode_prompts([prompt])[0]
+
+    def encode_prompts(self, prompts: list[str]) -> list[PromptEmbeds]:
+        """Each prompt's embeddings; those not cached are encoded together in one batch."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            for prompt, embeds in zip(missing, self._encode_batch(missing), strict=True):
+                self._cache[prompt] = embeds
+        return [self._cache[p] for p in prompts]
 
     @torch.inference_mode()
-    def _encode_uncached(self, prompt: str) -> PromptEmbeds:
-        embeds, mask = self._llama_embeds(prompt)
-        return PromptEmbeds(embeds=embeds, mask=mask, pooled=self._clip_pooled(prompt))
+    def _encode_batch(self, prompts: list[str]) -> list[PromptEmbeds]:
+        embeds, mask = self._llama_embeds(prompts)
+        pooled = self._clip_pooled(prompts)
+        return [PromptEmbeds(embeds=embeds[i:i + 1], mask=mask[i:i + 1], pooled=pooled[i:i + 1])
+                for i in range(len(prompts))]
 
-    def _llama_embeds(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _llama_embeds(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         crop_start = PROMPT_TEMPLATE["crop_start"]
         tokens = self.llama_tokenizer(
-            PROMPT_TEMPLATE["template"].format(prompt),
+            [PROMPT_TEMPLATE["template"].format(prompt) for prompt in prompts],
             max_length=MAX_PROMPT_TOKENS + crop_start,
             padding="max_length",
             truncation=True,
@@ -95,11 +129,12 @@ class TextEncoderStage:
         ).hidden_states[LLAMA_HIDDEN_STATE_INDEX]
         return hidden_states[:, crop_start:], tokens.attention_mask[:, crop_start:]
 
-    def _clip_pooled(self, prompt: str) -> torch.Tensor:
+    def _clip_pooled(self, prompts: list[str]) -> torch.Tensor:
         tokens = self.clip_tokenizer(
-            prompt, max_length=CLIP_MAX_TOKENS, padding="max_length", truncation=True, return_tensors="pt"
+            prompts, max_length=CLIP_MAX_TOKENS, padding="max_length", truncation=True, return_tensors="pt"
         )
-        if len(self.clip_tokenizer(prompt).input_ids) > CLIP_MAX_TOKENS:
-            logger.warning("prompt is longer than CLIP's %d tokens; its pooled embedding sees the start only",
-                           CLIP_MAX_TOKENS)
+        for prompt in prompts:
+            if len(self.clip_tokenizer(prompt).input_ids) > CLIP_MAX_TOKENS:
+                logger.warning("prompt is longer than CLIP's %d tokens; its pooled embedding sees the start only",
+                               CLIP_MAX_TOKENS)
         return self.clip(tokens.input_ids.to(self.device), output_hidden_states=False).pooler_output

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from skyreels import DEFAULT_NEGATIVE_PROMPT, LocalPipeline
-from skyreels.stages.text import MAX_PROMPT_TOKENS
+from skyreels.stages.text import MAX_PROMPT_TOKENS, TextEncoderStage
 
 
 def test_embeds_shapes_and_mask(t2v_pipeline: LocalPipeline) -> None:
@@ -24,13 +24,27 @@ def test_different_prompts_differ(t2v_pipeline: LocalPipeline) -> None:
     assert not torch.allclose(a.pooled, b.pooled)
 
 
-def test_negative_prompt_encoded_once(t2v_pipeline: LocalPipeline) -> None:
+def test_negative_prompt_encoded_once(t2v_pipeline: LocalPipeline, monkeypatch) -> None:
     text = t2v_pipeline.text
     text.encode("first prompt", DEFAULT_NEGATIVE_PROMPT)
-    misses = text._encode_cached.cache_info().misses
+    forwards: list[list[str]] = []
+    encode_batch = text._encode_batch
+    monkeypatch.setattr(text, "_encode_batch", lambda prompts: forwards.append(prompts) or encode_batch(prompts))
     conditioning = text.encode("second prompt", DEFAULT_NEGATIVE_PROMPT)
-    assert text._encode_cached.cache_info().misses == misses + 1  # only the new positive prompt
+    assert forwards == [["second prompt"]]  # the negative prompt comes from the cache
     assert conditioning.negative is not None
+
+
+def test_prompts_encoded_together_equal_one_by_one(tiny_t2v_dir) -> None:
+    prompts = ["a red car", "a blue sea at dawn, waves breaking on black rocks", "a red car", "x"]
+    together = TextEncoderStage.from_pretrained(tiny_t2v_dir).encode_prompts(prompts)
+    alone = TextEncoderStage.from_pretrained(tiny_t2v_dir)
+    assert together[0] is together[2]  # a prompt repeated in a batch is encoded once
+    for prompt, batched in zip(prompts, together, strict=True):
+        single = alone.encode_prompt(prompt)
+        assert torch.equal(batched.mask, single.mask)
+        assert torch.allclose(batched.embeds, single.embeds, rtol=0, atol=1e-5)
+        assert torch.allclose(batched.pooled, single.pooled, rtol=0, atol=1e-5)
 
 
 def test_no_negative_without_cfg(t2v_pipeline: LocalPipeline) -> None:
