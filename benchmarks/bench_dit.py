@@ -35,6 +35,9 @@ from skyreels.stages.denoise import DenoiseParams
 from skyreels.stages.text import MAX_PROMPT_TOKENS
 
 
+WARMUP_VIDEO_STEPS = 3
+
+
 def best_attention() -> str:
     return next(name for name in ("_flash_3", "flash", "sage", "native") if AVAILABLE[name]())
 
@@ -81,11 +84,11 @@ def main() -> None:
         flops_per_step = 2 * dit_forward_flops(config, video_tokens(config, args.height, args.width,
                                                                       args.num_frames), MAX_PROMPT_TOKENS)
         # Skipping shows only over a whole video, and under compile the cache's hooks settle their graphs only
-        # in the second video (its reset state guards differently): the cache variant warms up on two whole
-        # videos and times the third; the others warm up on one step.
+        # in the second video (its reset state guards differently): the cache variant warms up on two short
+        # videos and times a whole one; the others warm up on one step.
         whole_video = name == "cache"
         for _ in range(2 if whole_video else 1):
-            _time_steps(stage, conditioning, params, args.steps if whole_video else 1, device)
+            _time_steps(stage, conditioning, params, WARMUP_VIDEO_STEPS if whole_video else 1, device)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         step_times = _time_steps(stage, conditioning, params, args.steps if whole_video else args.measure_steps, device)

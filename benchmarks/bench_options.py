@@ -3,7 +3,9 @@
     python benchmarks/bench_options.py --out benchmarks/results/options_tiny_cpu.json
 
 Reports seconds per video, max |latents - baseline| and PSNR of the frames against the baseline.
-This is the CPU check of the options; GPU figures come from bench_dit.py / bench_e2e.py.
+On a GPU, `--dtype bfloat16 --cpu_reference` adds the unoptimised run on the CPU in float32, compared with
+the GPU baseline: the correctness check of the GPU path (benchmarks/gpu/run.sh check).
+Speed figures come from bench_dit.py / bench_e2e.py.
 """
 
 from __future__ import annotations
@@ -47,32 +49,34 @@ def main() -> None:
     parser.add_argument("--size", default="64x64")
     parser.add_argument("--num_frames", type=int, default=9)
     parser.add_argument("--num_inference_steps", type=int, default=20)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--cpu_reference", action="store_true",
+                        help="also run the unoptimised pipeline on the CPU in float32 and compare it with the baseline")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/options_tiny_cpu.json"))
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
     width, height = map(int, args.size.split("x"))
     request = GenerationRequest(prompt="a cat walks on the grass", height=height, width=width,
                                 num_frames=args.num_frames, num_inference_steps=args.num_inference_steps, seed=42)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows, baseline = [], None
     for name, options in OPTIONS.items():
-        pipe = LocalPipeline.from_pretrained(args.model, device=device, optimize=OptimizeConfig(**options))
-        pipe.generate(request)  # warm-up (compiles, caches)
-        start = time.perf_counter()
-        result = pipe.generate(request)
-        seconds = time.perf_counter() - start
+        pipe = LocalPipeline.from_pretrained(args.model, device=device, dtype=dtype, optimize=OptimizeConfig(**options))
+        result, seconds = _timed_generate(pipe, request)
         baseline = baseline or result
-        rows.append({
-            "option": name, "seconds": seconds,
-            "max_abs_diff_latents": (result.latents - baseline.latents).abs().max().item(),
-            "psnr_db": psnr(result.frames, baseline.frames),
-        })
+        rows.append(_row(name, seconds, result, baseline))
+        print(rows[-1], flush=True)
+        del pipe
+    if args.cpu_reference:
+        result, seconds = _timed_generate(LocalPipeline.from_pretrained(args.model), request)
+        rows.append(_row("baseline on CPU, float32 (reference)", seconds, result, baseline))
         print(rows[-1], flush=True)
     report = {
         "command": f"python {' '.join(sys.argv)}",
         "device": torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.machine()}, {torch.get_num_threads()} threads",
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
         "workload": {"model": args.model, "size": args.size, "num_frames": args.num_frames,
-                     "num_inference_steps": args.num_inference_steps},
+                     "num_inference_steps": args.num_inference_steps, "dtype": args.dtype},
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +88,21 @@ def main() -> None:
               for r in rows]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _timed_generate(pipe: LocalPipeline, request: GenerationRequest):
+    pipe.generate(request)  # warm-up (compiles, caches)
+    start = time.perf_counter()
+    result = pipe.generate(request)
+    return result, time.perf_counter() - start
+
+
+def _row(name: str, seconds: float, result, baseline) -> dict:
+    return {
+        "option": name, "seconds": seconds,
+        "max_abs_diff_latents": (result.latents.float() - baseline.latents.float()).abs().max().item(),
+        "psnr_db": psnr(result.frames, baseline.frames),
+    }
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU measurements of record, one step per call so that each fits in 10 minutes on one H100:
+#
+#   benchmarks/gpu/run.sh check        tiny preset on the GPU in bf16: every option vs the unoptimised run,
+#                                      and the unoptimised GPU run vs the CPU float32 reference
+#   benchmarks/gpu/run.sh dit-base     random-full DiT, 544x960x97: diffusers' default vs lossless
+#   benchmarks/gpu/run.sh dit-fast     random-full DiT: fp8 weight-only and block-level offload
+#   benchmarks/gpu/run.sh dit-cache    random-full DiT: First-Block step cache over a whole 30-step video
+#   benchmarks/gpu/run.sh e2e          random-full text + DiT + VAE vs diffusers' pipeline (4 steps)
+#
+# Results go to $OUT (default benchmarks/results) as .json + .md. On a host with no package registry,
+# carry the wheels of benchmarks/gpu/fetch_wheels.sh in .whl/: they are installed first.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export SKYREELS_CACHE_DIR=${SKYREELS_CACHE_DIR:-/tmp/skyreels-cache}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/device.txt" || true
+python3 -c "import torch, diffusers, torchao; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'diffusers', diffusers.__version__, 'torchao', torchao.__version__)" | tee -a "$OUT/device.txt"
+
+case "${1:-}" in
+    check)
+        python3 benchmarks/bench_options.py --dtype bfloat16 --cpu_reference --num_inference_steps 10 \
+            --out "$OUT/options_tiny_gpu.json" ;;
+    dit-base)
+        python3 benchmarks/bench_dit.py --preset random-full --variants diffusers,lossless --out "$OUT/dit_base.json" ;;
+    dit-fast)
+        python3 benchmarks/bench_dit.py --preset random-full --variants fp8,offload --out "$OUT/dit_fast.json" ;;
+    dit-cache)
+        python3 benchmarks/bench_dit.py --preset random-full --variants cache --out "$OUT/dit_cache.json" ;;
+    e2e)
+        python3 benchmarks/bench_e2e.py --preset random-full --steps 4 --out "$OUT/e2e.json" ;;
+    *)
+        sed -n 2,13p "$0"; exit 2 ;;
+esac
