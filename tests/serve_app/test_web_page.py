@@ -11,7 +11,6 @@ import importlib.util
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -80,12 +79,15 @@ def _diagnostics(driver) -> str:
 
 
 def _wait(driver, predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}: {_diagnostics(driver)}")
+    """Polls `predicate`; the page re-renders lists while we read them, so a stale element means retry."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    waiting = WebDriverWait(driver, timeout, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,))
+    try:
+        waiting.until(lambda _driver: predicate())
+    except TimeoutException:
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}: {_diagnostics(driver)}") from None
 
 
 @pytest.mark.slow
