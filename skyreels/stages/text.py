@@ -91,21 +91,16 @@ class TextEncoderStage(PromptEncoder):
     def device(self) -> torch.device:
         return self.llama.device
 
-    def encode(self, prompt: str, negative_prompt: str | None = None) -> Conditioning:
-        """The prompt and (when CFG is on, i.e. a negative prompt is given) the negative one."""
-        negative = self.encode_prompt(negative_prompt) if negative_prompt is not None else None
-        return Conditioning(positive=self.encode_prompt(prompt), negative=negative)
-
-    def encode_prompt(self, prompt: str) -> PromptEmbeds:
-        return self.encode_prompts([prompt])[0]
-
     def encode_prompts(self, prompts: list[str]) -> list[PromptEmbeds]:
         """Each prompt's embeddings; those not cached are encoded together in one batch."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        unique = dict.fromkeys(prompts)
+        found = {p: self._cache[p] for p in unique if p in self._cache}
+        missing = [p for p in unique if p not in found]
         if missing:
-            for prompt, embeds in zip(missing, self._encode_batch(missing), strict=True):
-                self._cache[prompt] = embeds
-        return [self._cache[p] for p in prompts]
+            encoded = dict(zip(missing, self._encode_batch(missing), strict=True))
+            self._cache.update(encoded)
+            found |= encoded  # from here, not the cache: a batch larger than the cache evicts its own entries
+        return [found[p] for p in prompts]
 
     @torch.inference_mode()
     def _encode_batch(self, prompts: list[str]) -> list[PromptEmbeds]:

@@ -47,5 +47,13 @@ def test_prompts_encoded_together_equal_one_by_one(tiny_t2v_dir) -> None:
         assert torch.allclose(batched.pooled, single.pooled, rtol=0, atol=1e-5)
 
 
+def test_a_batch_larger_than_the_cache(tiny_t2v_dir) -> None:
+    loaded = TextEncoderStage.from_pretrained(tiny_t2v_dir)
+    small = TextEncoderStage(loaded.llama, loaded.llama_tokenizer, loaded.clip, loaded.clip_tokenizer, cache_size=2)
+    prompts = ["a fox", "a hen", "an owl", "a fox", "a cat", "a dog"]
+    for prompt, batched in zip(prompts, small.encode_prompts(prompts), strict=True):
+        assert torch.allclose(batched.embeds, loaded.encode_prompt(prompt).embeds, rtol=0, atol=1e-5)
+
+
 def test_no_negative_without_cfg(t2v_pipeline: LocalPipeline) -> None:
     assert t2v_pipeline.text.encode("a prompt").negative is None
