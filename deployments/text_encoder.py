@@ -17,10 +17,11 @@ from skyreels.stages.conditioning import Conditioning, PromptEmbeds
 from skyreels.stages.text import TextEncoderStage
 
 BATCH_WAIT_S = 0.005
+MAX_BATCH_SIZE = 16  # the default; AppConfig.text_batch_size sets it per application
 
 
 class TextEncoder:
-    def __init__(self, config: StageConfig, max_batch_size: int = 16) -> None:
+    def __init__(self, config: StageConfig, max_batch_size: int = MAX_BATCH_SIZE) -> None:
         self.stage = TextEncoderStage.from_pretrained(
             config.base_paths.base, device=config.device, dtype=config.torch_dtype, optimize=config.optimize
         )
@@ -35,7 +36,7 @@ class TextEncoder:
         positive, negative = await asyncio.gather(self._encode_batch(prompt), self._encode_batch(negative_prompt))
         return Conditioning(positive=positive, negative=negative)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=BATCH_WAIT_S)
+    @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _encode_batch(self, prompts: list[str]) -> list[PromptEmbeds]:
         self._batch_prompts.observe(len(prompts))
         # one batch at a time (serve.batch's default), off the event loop

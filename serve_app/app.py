@@ -15,7 +15,7 @@ from ray.serve import Application
 
 from deployments.config import StageConfig
 from deployments.denoiser import Denoiser, gang_bundles
-from deployments.text_encoder import TextEncoder
+from deployments.text_encoder import MAX_BATCH_SIZE, TextEncoder
 from deployments.vae import Vae
 from serve_app.ingress import VideoIngress
 from serve_app.schemas import MODEL_I2V, MODEL_T2V
@@ -31,7 +31,7 @@ class AppConfig(StageConfig):
         False, description="Run the CFG branches one after the other on all gang ranks (long videos) "
         "instead of splitting them over two halves of the gang.")
     text_batch_size: int = Field(
-        16, ge=1, description="Prompts a TextEncoder replica encodes in one forward, gathered across requests. "
+        MAX_BATCH_SIZE, ge=1, description="Prompts a TextEncoder replica encodes in one forward, gathered across requests. "
         "On GPUs a batch's kernels may round differently from a single prompt's; 1 makes every job's embeddings "
         "independent of the jobs beside it.")
     worker_cpus: float = Field(0.5, gt=0, description="CPUs reserved for each DiT worker.")
