@@ -31,9 +31,9 @@ class AppConfig(StageConfig):
         False, description="Run the CFG branches one after the other on all gang ranks (long videos) "
         "instead of splitting them over two halves of the gang.")
     text_batch_size: int = Field(
-        MAX_BATCH_SIZE, ge=1, description="Prompts a TextEncoder replica encodes in one forward, gathered across requests. "
-        "On GPUs a batch's kernels may round differently from a single prompt's; 1 makes every job's embeddings "
-        "independent of the jobs beside it.")
+        MAX_BATCH_SIZE, ge=1, description="Prompts a TextEncoder replica encodes in one forward, gathered across "
+        "requests. On GPUs a batch's kernels may round differently from a single prompt's; 1 makes every job's "
+        "embeddings independent of the jobs beside it.")
     worker_cpus: float = Field(0.5, gt=0, description="CPUs reserved for each DiT worker.")
     reserve_gpus: bool | None = Field(
         None,
