@@ -5,14 +5,24 @@ from __future__ import annotations
 import imageio.v3 as iio
 import numpy as np
 
+# Two h264 encodings of frames that differ by one level in a few pixels (a parallel gang's, whose latents
+# match one process to ~1e-6) can differ by up to ~12 levels where the encoder chose other blocks; they
+# still sit near 46 dB apart, where two seeds of the tiny model sit near 16 dB.
+SAME_VIDEO_MIN_PSNR_DB = 35.0
+
 
 def decode_mp4(data: bytes) -> np.ndarray:
     return iio.imread(data, extension=".mp4", plugin="FFMPEG")
 
 
+def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
 def assert_same_video(served: np.ndarray, local: np.ndarray) -> None:
-    """Two encodings of frames equal to ~1/255 (e.g. a parallel gang's, whose latents match one process
-    to ~1e-6): a one-level pixel change can move the encoder's choices, the picture stays the same."""
-    difference = np.abs(served.astype(int) - local.astype(int))
-    print(f"served vs local: max {difference.max()}, mean {difference.mean():.4f}")
-    assert difference.mean() < 0.5 and np.percentile(difference, 99) <= 4
+    """Two decoded encodings show the same picture (see SAME_VIDEO_MIN_PSNR_DB)."""
+    psnr = psnr_db(served, local)
+    print(f"served vs local: PSNR {psnr:.1f} dB, max difference {np.abs(served.astype(int) - local.astype(int)).max()}")
+    assert psnr >= SAME_VIDEO_MIN_PSNR_DB
