@@ -8,8 +8,10 @@ CPU check of the harness: python benchmarks/bench_dit.py --preset tiny --height 
     --num_frames 9 --measure_steps 3 --steps 20 --out benchmarks/results/dit_tiny_cpu.json
 
 Variants (each a fresh model, same random weights and inputs):
-  diffusers   diffusers' pipeline call pattern: two CFG forwards per step, default processor, no compile
-  lossless    both CFG branches in one batch, regional torch.compile, best installed attention kernel
+  diffusers   diffusers' transformer as loaded (its forward and masked attention) in its pipeline's call pattern:
+              two CFG forwards per step, no compile
+  lossless    our mask-free joint attention, both CFG branches in one batch, regional torch.compile, the best
+              installed attention kernel
   fp8         lossless + fp8 weight-only quantisation (int8 where the GPU has no fp8)
   cache       lossless + First-Block step cache (threshold --cache_threshold), timed over every step
   offload     block-level streaming from pinned host memory (peak memory is the figure of interest)
@@ -27,12 +29,12 @@ from pathlib import Path
 
 import torch
 
-from skyreels import GenerationRequest, LocalPipeline
+from baseline import diffusers_scheduler, diffusers_transformer, text_stage
+from skyreels import GenerationRequest, LocalPipeline, Task
 from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.attention import AVAILABLE
 from skyreels.optimize.flops import dit_forward_flops, peak_tflops, video_tokens
-from skyreels.stages.denoise import DenoiseParams
-from skyreels.stages.text import MAX_PROMPT_TOKENS
+from skyreels.stages.denoise import DenoiseParams, DenoiseStage
 
 
 WARMUP_VIDEO_STEPS = 3
@@ -72,17 +74,22 @@ def main() -> None:
     request = GenerationRequest(prompt="a city at night, neon signs, rain", height=args.height, width=args.width,
                                 num_frames=args.num_frames, num_inference_steps=args.steps, seed=0)
     params = DenoiseParams.from_request(request)
+    conditioning = text_stage(args.preset, device, dtype).encode(request.prompt, request.negative_prompt)
+    # the work the model needs: the prompt's real tokens (diffusers also computes the padding, masked)
+    text_tokens = int(conditioning.positive.mask.sum())
 
     rows = []
     for name in args.variants.split(","):
         options, batch_cfg = variants(args.cache_threshold)[name]
-        pipe = LocalPipeline.from_pretrained(args.preset, device=device, dtype=dtype, optimize=options,
-                                             sequence_batch=not batch_cfg)
-        stage = pipe.denoise
-        conditioning = pipe.text.encode(request.prompt, request.negative_prompt)
+        if name == "diffusers":
+            stage = DenoiseStage(diffusers_transformer(args.preset, Task.T2V, device, dtype),
+                                 diffusers_scheduler(args.preset, Task.T2V), batch_cfg=False)
+        else:
+            stage = LocalPipeline.from_pretrained(args.preset, device=device, dtype=dtype, optimize=options,
+                                                  sequence_batch=not batch_cfg).denoise
         config = dict(stage.transformer.config)
         flops_per_step = 2 * dit_forward_flops(config, video_tokens(config, args.height, args.width,
-                                                                      args.num_frames), MAX_PROMPT_TOKENS)
+                                                                      args.num_frames), text_tokens)
         # Skipping shows only over a whole video, and under compile the cache's hooks settle their graphs only
         # in the second video (its reset state guards differently): the cache variant warms up on two short
         # videos and times a whole one; the others warm up on one step.
@@ -102,19 +109,20 @@ def main() -> None:
             "mfu": flops_per_step / per_step / (peak * 1e12) if peak else None,
         })
         print(json.dumps(rows[-1]), flush=True)
-        del pipe, stage
+        del stage
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
 
     config_flops = dit_forward_flops(config, video_tokens(config, args.height, args.width, args.num_frames),
-                                     MAX_PROMPT_TOKENS)
+                                     text_tokens)
     report = {
         "command": f"python {' '.join(sys.argv)}",
         "device": device_name,
         "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
         "workload": {"preset": args.preset, "height": args.height, "width": args.width,
-                     "num_frames": args.num_frames, "steps": args.steps, "cfg": "true CFG, 2 branches"},
+                     "num_frames": args.num_frames, "steps": args.steps, "cfg": "true CFG, 2 branches",
+                     "prompt_tokens": text_tokens},
         "flops_per_forward": config_flops,
         "matmul_floor_seconds_at_790_tflops": 2 * args.steps * config_flops / 790e12,
         "rows": rows,

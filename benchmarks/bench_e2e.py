@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+from diffusers import HunyuanVideoPipeline
 
-from skyreels import GenerationRequest, LocalPipeline
+from baseline import diffusers_scheduler, diffusers_transformer, diffusers_vae, text_stage
+from skyreels import GenerationRequest, LocalPipeline, Task
 from skyreels.optimize import OptimizeConfig
 from skyreels.random_full import RandomTextEncoderStage
 
@@ -42,11 +43,9 @@ def main() -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     request = GenerationRequest(prompt="a city at night, neon signs, rain", height=args.height, width=args.width,
                                 num_frames=args.num_frames, num_inference_steps=args.steps, seed=0)
-    # The baseline runs first, on a pipeline with no options, and is freed before the optimised one is built:
-    # diffusers gets the default model (not the compiled or quantised one) and only one model is on the GPU.
-    baseline_pipe = LocalPipeline.from_pretrained(args.preset, device=device, dtype=dtype)
-    theirs, theirs_s, theirs_gb = _measure(lambda: _run_diffusers(baseline_pipe, request, args), device)
-    del baseline_pipe
+    # The baseline runs first, on diffusers' own models, and is freed before the optimised pipeline is built:
+    # only one DiT is on the GPU at a time.
+    theirs, theirs_s, theirs_gb = _measure_diffusers(request, args, device, dtype)
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -77,25 +76,27 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def _run_diffusers(pipe: LocalPipeline, request: GenerationRequest, args: argparse.Namespace) -> np.ndarray:
-    """diffusers' HunyuanVideoPipeline with its defaults, on `pipe`'s models and prompt embeddings."""
+def _measure_diffusers(request: GenerationRequest, args: argparse.Namespace, device: str, dtype: torch.dtype):
+    """diffusers' HunyuanVideoPipeline with its defaults, on the preset's weights and prompt embeddings."""
+    text = text_stage(args.preset, device, dtype)
     reference = HunyuanVideoPipeline(
-        text_encoder=None if isinstance(pipe.text, RandomTextEncoderStage) else pipe.text.llama,
-        tokenizer=getattr(pipe.text, "llama_tokenizer", None),
-        text_encoder_2=getattr(pipe.text, "clip", None),
-        tokenizer_2=getattr(pipe.text, "clip_tokenizer", None),
-        transformer=pipe.denoise.transformer, vae=pipe.vae.vae,
-        scheduler=FlowMatchEulerDiscreteScheduler.from_config(pipe.denoise.scheduler_config),
+        text_encoder=None if isinstance(text, RandomTextEncoderStage) else text.llama,
+        tokenizer=getattr(text, "llama_tokenizer", None),
+        text_encoder_2=getattr(text, "clip", None),
+        tokenizer_2=getattr(text, "clip_tokenizer", None),
+        transformer=diffusers_transformer(args.preset, Task.T2V, device, dtype),
+        vae=diffusers_vae(args.preset, device, dtype),
+        scheduler=diffusers_scheduler(args.preset, Task.T2V),
     )
-    positive, negative = (pipe.text.encode_prompt(p) for p in (request.prompt, request.negative_prompt))
-    return reference(
+    positive, negative = (text.encode_prompt(p) for p in (request.prompt, request.negative_prompt))
+    return _measure(lambda: reference(
         prompt_embeds=positive.embeds, prompt_attention_mask=positive.mask, pooled_prompt_embeds=positive.pooled,
         negative_prompt_embeds=negative.embeds, negative_prompt_attention_mask=negative.mask,
         negative_pooled_prompt_embeds=negative.pooled, height=args.height, width=args.width,
         num_frames=args.num_frames, num_inference_steps=args.steps, true_cfg_scale=request.guidance_scale,
         guidance_scale=request.embedded_guidance_scale, generator=torch.Generator("cpu").manual_seed(request.seed),
         output_type="np",
-    ).frames[0]
+    ).frames[0], device)
 
 
 def _measure(run, device: str):

@@ -12,15 +12,18 @@ from skyreels.optimize.compile import compile_blocks
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.optimize.offload import stream_blocks
 from skyreels.optimize.quant import quantize_linears, resolve_mode
+from skyreels.parallel.joint_attention import use_joint_attention
 
 
 def prepare_transformer(
     transformer: HunyuanVideoTransformer3DModel, config: OptimizeConfig, device: torch.device
 ) -> None:
-    """Quantise, pick the attention kernel, add the step cache, place (or stream) it, compile.
+    """Mask-free joint attention, quantise, pick the attention kernel, add the step cache, place (or stream)
+    it, compile.
 
     The model arrives on the CPU; it ends on `device`, or on the CPU when offloaded.
     """
+    use_joint_attention(transformer)
     if config.quant != "none":
         quantize_linears(transformer, resolve_mode(config.quant, device))
     backend = usable_backend(config.attention_backend)
@@ -33,7 +36,7 @@ def prepare_transformer(
     elif not config.offload:
         transformer.to(device)
     if config.compile:
-        compile_blocks(transformer, config.compile_cache_dir, fullgraph=config.step_cache_threshold is None)
+        compile_blocks(transformer, config.compile_cache_dir)
 
 
 def prepare_text_encoder(llama: nn.Module, config: OptimizeConfig, device: torch.device) -> None:

@@ -18,6 +18,7 @@ from diffusers.hooks import FirstBlockCacheConfig, HookRegistry
 from diffusers.hooks.first_block_cache import _FBC_LEADER_BLOCK_HOOK, FBCHeadBlockHook
 from torch import nn
 
+from skyreels.parallel.joint_attention import JointTokens
 from skyreels.parallel.mesh import DeviceMesh
 
 logger = logging.getLogger(__name__)
@@ -59,13 +60,13 @@ class GangFirstBlockHook(FBCHeadBlockHook):
         return compute
 
     def _local_video_rows(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        """1 for this rank's real video tokens, 0 for padding: read off the block's attention mask, which
-        covers [padded video; text] (see skyreels.parallel.ulysses)."""
+        """1 for this rank's real video tokens, 0 for the Ulysses pad (see skyreels.parallel.joint_attention)."""
         hidden_states = self._metadata._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
-        mask = self._metadata._get_parameter_from_args_kwargs("attention_mask", args, kwargs)
+        tokens: JointTokens = self._metadata._get_parameter_from_args_kwargs("attention_mask", args, kwargs)
         shard = hidden_states.shape[1]
         start = self.mesh.ulysses_rank * shard
-        return mask[:, 0, 0, start:start + shard, None].to(hidden_states.dtype)
+        rows = torch.arange(start, start + shard, device=hidden_states.device) < tokens.video
+        return rows[None, :, None].to(hidden_states.dtype)
 
 
 def enable_step_cache(transformer: nn.Module, threshold: float) -> None:

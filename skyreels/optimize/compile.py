@@ -11,11 +11,13 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-def compile_blocks(transformer: nn.Module, cache_dir: Path | None = None, fullgraph: bool = True) -> None:
-    """`fullgraph=False` where hooks branch on data (the step cache decides per step in Python)."""
+def compile_blocks(transformer: nn.Module, cache_dir: Path | None = None) -> None:
+    """Not fullgraph: the step cache decides per step in Python, and prompts of unequal length in one batch
+    attend one by one (see skyreels.parallel.joint_attention); both run eagerly between compiled pieces."""
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
-    # dynamic=False: one graph per video shape, which a service sees few of
-    transformer.compile_repeated_blocks(fullgraph=fullgraph, dynamic=False)
+    # dynamic=None: the first graph is static; a prompt of another length then makes the text length symbolic
+    # (one more compile), instead of one graph per prompt length, which would soon hit dynamo's recompile limit
+    transformer.compile_repeated_blocks(fullgraph=False, dynamic=None)
     logger.info("compiling the repeated transformer blocks on first use (cache: %s)", cache_dir or "default")

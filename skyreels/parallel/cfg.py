@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from skyreels.parallel.mesh import DeviceMesh
-from skyreels.parallel.ulysses import all_gather_cat
+from skyreels.parallel.collectives import all_gather_cat
 
 
 def gather_branches(prediction: torch.Tensor, mesh: DeviceMesh) -> tuple[torch.Tensor, ...]:

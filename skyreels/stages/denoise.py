@@ -16,7 +16,7 @@ from skyreels.optimize.cache import log_step_cache_use, share_step_cache_decisio
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.parallel.cfg import gather_branches
 from skyreels.parallel.mesh import DeviceMesh
-from skyreels.parallel.ulysses import parallelize_transformer
+from skyreels.parallel.joint_attention import use_joint_attention
 from skyreels.progress import StepCallback, StepProgress
 from skyreels.request import GenerationRequest
 from skyreels.stages.conditioning import Conditioning, ImageCondition, PromptEmbeds
@@ -124,7 +124,7 @@ class DenoiseStage:
 
     def distribute(self, mesh: DeviceMesh) -> None:
         """Run over `mesh` from now on: CFG branches split, video tokens sharded (Ulysses)."""
-        parallelize_transformer(self.transformer, mesh)
+        use_joint_attention(self.transformer, mesh)
         if self.transformer.is_cache_enabled:
             share_step_cache_decisions(self.transformer, mesh)
         self.mesh = mesh

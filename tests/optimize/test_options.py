@@ -92,3 +92,7 @@ def test_regional_compile_matches(tiny_t2v_dir, request_, baseline, tmp_path) ->
     pipe, result = run(tiny_t2v_dir, request_, compile=True, compile_cache_dir=tmp_path / "inductor")
     assert torch.allclose(result.latents, baseline.latents, atol=1e-4)
     assert any((tmp_path / "inductor").iterdir())
+    # a prompt of another length: another text length in the compiled blocks, and CFG branches of unequal length
+    longer = request_.model_copy(update={"prompt": "a cat walks slowly along a garden wall at dusk"})
+    expected = LocalPipeline.from_pretrained(tiny_t2v_dir).generate(longer)
+    assert torch.allclose(pipe.generate(longer).latents, expected.latents, atol=1e-4)

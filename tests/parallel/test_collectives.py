@@ -8,7 +8,7 @@ import torch.distributed as dist
 
 from gloo_ranks import run_ranks
 from skyreels.parallel.mesh import MeshShape
-from skyreels.parallel.ulysses import all_gather_cat, heads_to_sequence, sequence_to_heads
+from skyreels.parallel.collectives import all_gather_cat, heads_to_sequence, sequence_to_heads
 
 BATCH, LENGTH, HEADS, DIM = 2, 12, 6, 5
 
