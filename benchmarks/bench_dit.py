@@ -13,6 +13,7 @@ Variants (each a fresh model, same random weights and inputs):
   lossless    our mask-free joint attention, both CFG branches in one batch, regional torch.compile, the best
               installed attention kernel
   fp8         lossless + fp8 weight-only quantisation (int8 where the GPU has no fp8)
+  fp8-dynamic lossless + fp8 weights and activations (fp8 tensor cores) + SageAttention when installed
   cache       lossless + First-Block step cache (threshold --cache_threshold), timed over every step
   offload     block-level streaming from pinned host memory (peak memory is the figure of interest)
 """
@@ -34,23 +35,27 @@ from skyreels import GenerationRequest, LocalPipeline, Task
 from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.attention import AVAILABLE
 from skyreels.optimize.flops import dit_forward_flops, peak_tflops, video_tokens
+from skyreels.optimize.quant import FP8_COMPUTE_CAPABILITY
 from skyreels.stages.denoise import DenoiseParams, DenoiseStage
 
 
 WARMUP_VIDEO_STEPS = 3
 
 
-def best_attention() -> str:
-    return next(name for name in ("_flash_3", "flash", "sage", "native") if AVAILABLE[name]())
+def best_attention(candidates: tuple[str, ...]) -> str:
+    return next(name for name in candidates if AVAILABLE[name]())
 
 
 def variants(cache_threshold: float) -> dict[str, tuple[OptimizeConfig, bool]]:
     """name -> (options, CFG branches batched)."""
-    lossless = dict(compile=True, attention_backend=best_attention())
+    exact_kernel = best_attention(("_flash_3", "_native_cudnn", "flash", "native"))
+    lossless = dict(compile=True, attention_backend=exact_kernel)
     return {
         "diffusers": (OptimizeConfig(), False),
         "lossless": (OptimizeConfig(**lossless), True),
         "fp8": (OptimizeConfig(**lossless, quant="auto"), True),
+        "fp8-dynamic": (OptimizeConfig(compile=True, quant="fp8-dynamic",
+                                       attention_backend=best_attention(("sage", exact_kernel))), True),
         "cache": (OptimizeConfig(**lossless, step_cache_threshold=cache_threshold), True),
         "offload": (OptimizeConfig(block_offload=True, high_cpu_memory=True), True),
     }
@@ -64,7 +69,7 @@ def main() -> None:
     parser.add_argument("--num_frames", type=int, default=97)
     parser.add_argument("--steps", type=int, default=30, help="steps of the video the figures are quoted for")
     parser.add_argument("--measure_steps", type=int, default=3, help="timed steps per variant (after a 1-step warm-up; cache: whole videos)")
-    parser.add_argument("--variants", default="diffusers,lossless,fp8,cache,offload")
+    parser.add_argument("--variants", help="comma-separated; default: all (fp8-dynamic only with fp8 tensor cores)")
     parser.add_argument("--cache_threshold", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dit.json"))
     args = parser.parse_args()
@@ -78,8 +83,10 @@ def main() -> None:
     # the work the model needs: the prompt's real tokens (diffusers also computes the padding, masked)
     text_tokens = int(conditioning.positive.mask.sum())
 
+    names = args.variants.split(",") if args.variants else [
+        name for name in variants(args.cache_threshold) if name != "fp8-dynamic" or _has_fp8(device)]
     rows = []
-    for name in args.variants.split(","):
+    for name in names:
         options, batch_cfg = variants(args.cache_threshold)[name]
         if name == "diffusers":
             stage = DenoiseStage(diffusers_transformer(args.preset, Task.T2V, device, dtype),
@@ -131,6 +138,10 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
+
+
+def _has_fp8(device: str) -> bool:
+    return device == "cuda" and torch.cuda.get_device_capability() >= FP8_COMPUTE_CAPABILITY
 
 
 @torch.inference_mode()

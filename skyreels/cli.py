@@ -7,6 +7,7 @@ from contextlib import closing
 import logging
 import sys
 import time
+from typing import get_args
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from skyreels.models import ModelNotAvailableError
-from skyreels.optimize.config import OptimizeConfig
+from skyreels.optimize.config import AttentionBackend, OptimizeConfig, QuantMode
 from skyreels.request import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, Task
 
 logger = logging.getLogger("skyreels")
@@ -51,15 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--sequence_batch", action="store_true", help="run the CFG branches one after the other (less memory)"
     )
     speed = generate.add_argument_group("speed and memory")
-    speed.add_argument("--quant", action="store_true", help="weight-only quantisation (fp8 or int8)")
-    speed.add_argument("--quant_mode", choices=["auto", "fp8", "int8"], default="auto", help="with --quant")
+    speed.add_argument("--quant", action="store_true", help="quantise the DiT and LLaMA linears (see --quant_mode)")
+    speed.add_argument("--quant_mode", choices=[m for m in get_args(QuantMode) if m != "none"], default="auto",
+                       help="with --quant: weight-only auto|fp8|int8, or fp8-dynamic (fp8 matmuls, Ada/Hopper)")
     speed.add_argument("--offload", action="store_true", help="each model on the GPU only while its stage runs")
     speed.add_argument("--parameters_level", action="store_true",
                        help="stream DiT blocks from host memory with prefetch (lowest GPU memory)")
     speed.add_argument("--high_cpu_memory", action="store_true", help="keep pinned host copies resident")
     speed.add_argument("--compiler_transformer", action="store_true", help="torch.compile the DiT blocks")
     speed.add_argument("--compile_cache_dir", type=Path, help="inductor cache directory")
-    speed.add_argument("--attention_backend", default="native", choices=["native", "flash", "_flash_3", "sage"])
+    speed.add_argument("--attention_backend", default="native", choices=get_args(AttentionBackend))
     speed.add_argument("--step_cache_threshold", type=float,
                        help="First-Block cache threshold (e.g. 0.05): faster, slightly different video")
     generate.set_defaults(run=run_generate)

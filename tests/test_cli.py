@@ -53,6 +53,11 @@ def test_speed_flags_generate_a_video(in_tmp: Path, flags: list[str]) -> None:
     assert iio.imread(video, plugin="FFMPEG").shape == (9, 64, 64, 3)
 
 
+def test_fp8_dynamic_refused_on_cpu(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["generate", "--prompt", "x", "--quant", "--quant_mode", "fp8-dynamic", *SMALL]) == 2
+    assert "fp8-dynamic needs a GPU with fp8 tensor cores" in capsys.readouterr().err
+
+
 def test_unsupported_gpu_count_refused(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["generate", "--prompt", "x", "--gpu_num", "5", *SMALL]) == 2
     assert "gpu_num must be one of (1, 2, 3, 4, 6, 8), got 5" in capsys.readouterr().err

@@ -4,7 +4,7 @@
 #   benchmarks/gpu/run.sh check        tiny preset on the GPU in bf16: every option vs the unoptimised run,
 #                                      and the unoptimised GPU run vs the CPU float32 reference
 #   benchmarks/gpu/run.sh dit-base     random-full DiT, 544x960x97: diffusers' default vs lossless
-#   benchmarks/gpu/run.sh dit-fast     random-full DiT: fp8 weight-only and block-level offload
+#   benchmarks/gpu/run.sh dit-fast     random-full DiT: fp8 weight-only, fp8 weights + activations, block offload
 #   benchmarks/gpu/run.sh dit-cache    random-full DiT: First-Block step cache over a whole 30-step video
 #   benchmarks/gpu/run.sh e2e          random-full text + DiT + VAE vs diffusers' pipeline (4 steps)
 #
@@ -33,7 +33,7 @@ case "${1:-}" in
     dit-base)
         python3 benchmarks/bench_dit.py --preset random-full --variants diffusers,lossless --out "$OUT/dit_base.json" ;;
     dit-fast)
-        python3 benchmarks/bench_dit.py --preset random-full --variants fp8,offload --out "$OUT/dit_fast.json" ;;
+        python3 benchmarks/bench_dit.py --preset random-full --variants fp8,fp8-dynamic,offload --out "$OUT/dit_fast.json" ;;
     dit-cache)
         python3 benchmarks/bench_dit.py --preset random-full --variants cache --out "$OUT/dit_cache.json" ;;
     e2e)

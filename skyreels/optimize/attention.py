@@ -1,9 +1,10 @@
-"""Attention kernels: PyTorch SDPA, FlashAttention 2/3 or SageAttention, whichever is installed."""
+"""Attention kernels: PyTorch SDPA (any of its kernels, or cuDNN's), FlashAttention 2/3 or SageAttention."""
 
 from __future__ import annotations
 
 import logging
 
+import torch
 from diffusers.utils import is_flash_attn_3_available, is_flash_attn_available, is_sageattention_available
 from torch import nn
 
@@ -11,6 +12,7 @@ logger = logging.getLogger(__name__)
 
 AVAILABLE = {
     "native": lambda: True,
+    "_native_cudnn": lambda: torch.cuda.is_available() and torch.backends.cudnn.is_available(),
     "flash": is_flash_attn_available,
     "_flash_3": is_flash_attn_3_available,
     "sage": is_sageattention_available,
@@ -23,7 +25,7 @@ def usable_backend(requested: str) -> str:
         raise ValueError(f"attention backend must be one of {sorted(AVAILABLE)}, got {requested!r}")
     if AVAILABLE[requested]():
         return requested
-    logger.warning("attention backend %r is not installed; using native (PyTorch SDPA)", requested)
+    logger.warning("attention backend %r is not available here; using native (PyTorch SDPA)", requested)
     return "native"
 
 

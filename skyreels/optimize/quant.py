@@ -1,4 +1,5 @@
-"""Weight-only quantisation of the large linears with torchao (fp8 where the GPU has it, else int8)."""
+"""Quantisation of the large linears with torchao: weight-only (fp8 where the GPU has it, else int8), or fp8
+weights and activations for fp8 tensor cores."""
 
 from __future__ import annotations
 
@@ -14,23 +15,39 @@ logger = logging.getLogger(__name__)
 KEEP_PRECISE = ("x_embedder", "context_embedder", "time_text_embed", "proj_out", "norm_out", "embed_tokens")
 
 
+FP8_COMPUTE_CAPABILITY = (8, 9)  # Ada and Hopper have fp8 tensor cores
+
+
 def resolve_mode(mode: str, device: torch.device) -> str:
-    """auto -> fp8 on GPUs with fp8 tensor cores (compute capability >= 8.9), int8 elsewhere."""
+    """auto -> fp8 on GPUs with fp8 tensor cores, int8 elsewhere; fp8-dynamic is refused where it cannot run."""
+    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_COMPUTE_CAPABILITY
+    if mode == "fp8-dynamic" and not has_fp8:
+        raise ValueError(f"quant fp8-dynamic needs a GPU with fp8 tensor cores (compute capability "
+                         f"{FP8_COMPUTE_CAPABILITY[0]}.{FP8_COMPUTE_CAPABILITY[1]}+: Ada, Hopper), not {device}; "
+                         "fp8 and int8 (weight-only) run anywhere")
     if mode != "auto":
         return mode
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9):
-        return "fp8"
-    return "int8"
+    return "fp8" if has_fp8 else "int8"
 
 
 def quantize_linears(model: nn.Module, mode: str) -> int:
     """Quantises the weights of every eligible nn.Linear in place; returns how many."""
-    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        Float8WeightOnlyConfig,
+        Int8WeightOnlyConfig,
+        PerRow,
+        quantize_,
+    )
 
-    config = {"fp8": Float8WeightOnlyConfig, "int8": Int8WeightOnlyConfig}[mode]()
+    config = {
+        "fp8": Float8WeightOnlyConfig,
+        "int8": Int8WeightOnlyConfig,
+        "fp8-dynamic": lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+    }[mode]()
     chosen = {name for name, module in model.named_modules() if _eligible(name, module)}
     quantize_(model, config, filter_fn=lambda module, name: name in chosen)
-    logger.info("quantised %d linears of %s to %s weight-only", len(chosen), type(model).__name__, mode)
+    logger.info("quantised %d linears of %s to %s", len(chosen), type(model).__name__, mode)
     return len(chosen)
 
 

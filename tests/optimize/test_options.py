@@ -12,6 +12,7 @@ import torch
 from skyreels import GenerationRequest, LocalPipeline
 from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.attention import usable_backend
+from skyreels.optimize.quant import resolve_mode
 
 STEPS = 12
 
@@ -50,6 +51,14 @@ def test_weight_only_quant_stays_close(tiny_t2v_dir, request_, baseline, mode, t
     assert psnr(result.frames, baseline.frames) > min_psnr
 
 
+def test_fp8_dynamic_refused_without_fp8_tensor_cores(tiny_t2v_dir) -> None:
+    with pytest.raises(ValueError, match=r"fp8-dynamic needs a GPU with fp8 tensor cores \(compute capability 8.9"):
+        resolve_mode("fp8-dynamic", torch.device("cpu"))
+    assert resolve_mode("auto", torch.device("cpu")) == "int8"
+    with pytest.raises(ValueError, match="fp8-dynamic needs"):
+        LocalPipeline.from_pretrained(tiny_t2v_dir, optimize=OptimizeConfig(quant="fp8-dynamic"))
+
+
 @pytest.mark.parametrize("options", [{"offload": True}, {"block_offload": True}, {"block_offload": True,
                                                                                     "high_cpu_memory": True}])
 def test_offload_is_lossless(tiny_t2v_dir, request_, baseline, options) -> None:
@@ -59,12 +68,13 @@ def test_offload_is_lossless(tiny_t2v_dir, request_, baseline, options) -> None:
     assert all(p.device.type == "cpu" for p in pipe.denoise.transformer.parameters())
 
 
-def test_missing_attention_backend_falls_back(tiny_t2v_dir, request_, baseline, caplog) -> None:
+@pytest.mark.parametrize("backend", ["sage", "_native_cudnn"])
+def test_missing_attention_backend_falls_back(tiny_t2v_dir, request_, baseline, caplog, backend) -> None:
     with caplog.at_level(logging.WARNING):
-        assert usable_backend("sage") in ("sage", "native")
-        _, result = run(tiny_t2v_dir, request_, attention_backend="sage")
-    if usable_backend("sage") == "native":
-        assert "not installed; using native" in caplog.text
+        assert usable_backend(backend) in (backend, "native")
+        _, result = run(tiny_t2v_dir, request_, attention_backend=backend)
+    if usable_backend(backend) == "native":
+        assert "not available here; using native" in caplog.text
         assert torch.equal(result.latents, baseline.latents)
 
 
