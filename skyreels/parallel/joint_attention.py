@@ -87,11 +87,11 @@ class JointAttnProcessor:
         return video_out, text_out
 
 
-@torch.compiler.disable  # lengths are data: eager, so that a compiled block neither breaks nor recompiles on them
+@torch.compiler.disable  # the lengths are data: run eagerly (a graph break), not one compiled graph per length pair
 def _attend_each(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, tokens: JointTokens,
                  backend) -> torch.Tensor:
     """Each batch element over its own real keys: the real video tokens, then its prompt's tokens."""
-    lengths = tokens.text_mask.sum(dim=1).tolist()
+    lengths = tokens.text_mask.sum(dim=1, dtype=torch.int).tolist()
     return torch.cat([
         dispatch_attention_fn(query[i:i + 1], key[i:i + 1, :tokens.video + n], value[i:i + 1, :tokens.video + n],
                               backend=backend)
@@ -140,7 +140,7 @@ def use_joint_attention(transformer: HunyuanVideoTransformer3DModel, mesh: Devic
 def drop_text_padding(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The prompt states up to the longest prompt of the batch, and the mask of the real ones (None when every
     prompt is that long). Prompts are padded on the right, as diffusers assumes."""
-    longest = int(mask.sum(dim=1).max())
+    longest = int(mask.sum(dim=1, dtype=torch.int).max())  # the mask may come in the model dtype (bf16)
     text_mask = mask[:, :longest].bool()
     return text[:, :longest], None if bool(text_mask.all()) else text_mask
 
