@@ -8,8 +8,10 @@ import pytest
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
 
+from gloo_ranks import run_ranks
 from skyreels.parallel import joint_attention
 from skyreels.parallel.joint_attention import drop_text_padding, use_joint_attention
+from skyreels.parallel.mesh import DeviceMesh, MeshShape
 
 TEXT_TOKENS = 12  # the padded prompt length the tiny DiT gets here (the real one gets 256)
 
@@ -94,3 +96,35 @@ def test_installing_twice_is_harmless_and_a_second_mesh_is_refused(transformers)
             use_joint_attention(ours, mesh=object())
     finally:
         ours._skyreels_mesh = None
+
+
+def _sharded_forward(rank: int, transformer_dir: str, arguments: dict, degree: int) -> tuple[torch.Tensor, list]:
+    """On every rank: the transformer Ulysses-sharded over the whole group, through a mask-refusing kernel."""
+    key_lengths: list[int] = []
+    original = joint_attention.dispatch_attention_fn
+
+    def refusing(query, key, value, attn_mask=None, **kwargs):
+        assert attn_mask is None, "a mask reached the kernel"
+        key_lengths.append(key.shape[1])
+        return original(query, key, value, **kwargs)
+
+    joint_attention.dispatch_attention_fn = refusing
+    model = HunyuanVideoTransformer3DModel.from_pretrained(transformer_dir).eval()
+    use_joint_attention(model, DeviceMesh(MeshShape(degree, cfg_degree=1, ulysses_degree=degree)))
+    with torch.inference_mode():
+        return model(**arguments, return_dict=False)[0], key_lengths
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("degree", [2, 3])
+def test_ulysses_equals_diffusers_forward(transformers, tiny_t2v_dir: Path, degree: int) -> None:
+    """60 video tokens (3 x 4 x 5), padded to 62 on 2 ranks; unequal prompts in one batch; no mask anywhere."""
+    diffusers_model, _ = transformers
+    lengths = [3, 9]
+    arguments = inputs(diffusers_model, lengths, seed=1)
+    with torch.inference_mode():
+        expected = diffusers_model(**arguments, return_dict=False)[0]
+    for output, key_lengths in run_ranks(degree, _sharded_forward, str(tiny_t2v_dir / "transformer"), arguments,
+                                         degree):
+        assert torch.allclose(output, expected, rtol=0, atol=1e-5), (output - expected).abs().max()
+        assert sorted(set(key_lengths)) == [60 + n for n in lengths]  # real video + own prompt: pad never a key
