@@ -20,6 +20,12 @@ def diffusers_transformer(preset: str, task: Task, device: str, dtype: torch.dty
     return HunyuanVideoTransformer3DModel.from_pretrained(paths.transformer, torch_dtype=dtype).to(device).eval()
 
 
+def diffusers_transformer_config(preset: str, task: Task) -> dict:
+    if preset == random_full.RANDOM_FULL:
+        return random_full.transformer_config(task)
+    return dict(HunyuanVideoTransformer3DModel.load_config(resolve_model(preset, task).transformer))
+
+
 def diffusers_scheduler(preset: str, task: Task) -> FlowMatchEulerDiscreteScheduler:
     if preset == random_full.RANDOM_FULL:
         return random_full.scheduler()

@@ -12,6 +12,7 @@ Variants (each a fresh model, same random weights and inputs):
               two CFG forwards per step, no compile
   lossless    our mask-free joint attention, both CFG branches in one batch, regional torch.compile, the best
               installed attention kernel
+  cudnn       lossless with PyTorch SDPA forced to its cuDNN kernel (CUDA only)
   fp8         lossless + fp8 weight-only quantisation (int8 where the GPU has no fp8)
   fp8-dynamic lossless + fp8 weights and activations (fp8 tensor cores) + SageAttention when installed
   cache       lossless + First-Block step cache (threshold --cache_threshold), timed over every step
@@ -25,18 +26,23 @@ import gc
 import json
 import platform
 import sys
+import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from baseline import diffusers_scheduler, diffusers_transformer, text_stage
+from baseline import diffusers_scheduler, diffusers_transformer, diffusers_transformer_config, text_stage
 from skyreels import GenerationRequest, LocalPipeline, Task
 from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.attention import AVAILABLE
 from skyreels.optimize.flops import dit_forward_flops, peak_tflops, video_tokens
 from skyreels.optimize.quant import FP8_COMPUTE_CAPABILITY
+from skyreels.stages.conditioning import Conditioning
 from skyreels.stages.denoise import DenoiseParams, DenoiseStage
+
+logger = logging.getLogger("bench_dit")
 
 
 WARMUP_VIDEO_STEPS = 3
@@ -48,17 +54,25 @@ def best_attention(candidates: tuple[str, ...]) -> str:
 
 def variants(cache_threshold: float) -> dict[str, tuple[OptimizeConfig, bool]]:
     """name -> (options, CFG branches batched)."""
-    exact_kernel = best_attention(("_flash_3", "_native_cudnn", "flash", "native"))
+    exact_kernel = best_attention(("_flash_3", "flash", "native"))
     lossless = dict(compile=True, attention_backend=exact_kernel)
     return {
         "diffusers": (OptimizeConfig(), False),
         "lossless": (OptimizeConfig(**lossless), True),
+        "cudnn": (OptimizeConfig(compile=True, attention_backend="_native_cudnn"), True),
         "fp8": (OptimizeConfig(**lossless, quant="auto"), True),
         "fp8-dynamic": (OptimizeConfig(compile=True, quant="fp8-dynamic",
                                        attention_backend=best_attention(("sage", exact_kernel))), True),
         "cache": (OptimizeConfig(**lossless, step_cache_threshold=cache_threshold), True),
         "offload": (OptimizeConfig(block_offload=True, high_cpu_memory=True), True),
     }
+
+
+def default_variants(device: str) -> list[str]:
+    """Every variant this device can run: cuDNN attention on CUDA, fp8-dynamic with fp8 tensor cores."""
+    cuda = device == "cuda"
+    runnable = {"cudnn": cuda, "fp8-dynamic": cuda and torch.cuda.get_device_capability() >= FP8_COMPUTE_CAPABILITY}
+    return [name for name in variants(0.0) if runnable.get(name, True)]
 
 
 def main() -> None:
@@ -69,7 +83,7 @@ def main() -> None:
     parser.add_argument("--num_frames", type=int, default=97)
     parser.add_argument("--steps", type=int, default=30, help="steps of the video the figures are quoted for")
     parser.add_argument("--measure_steps", type=int, default=3, help="timed steps per variant (after a 1-step warm-up; cache: whole videos)")
-    parser.add_argument("--variants", help="comma-separated; default: all (fp8-dynamic only with fp8 tensor cores)")
+    parser.add_argument("--variants", help="comma-separated; default: every variant this device can run")
     parser.add_argument("--cache_threshold", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dit.json"))
     args = parser.parse_args()
@@ -78,51 +92,29 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.machine()}"
     request = GenerationRequest(prompt="a city at night, neon signs, rain", height=args.height, width=args.width,
                                 num_frames=args.num_frames, num_inference_steps=args.steps, seed=0)
-    params = DenoiseParams.from_request(request)
     conditioning = text_stage(args.preset, device, dtype).encode(request.prompt, request.negative_prompt)
     # the work the model needs: the prompt's real tokens (diffusers also computes the padding, masked)
     text_tokens = int(conditioning.positive.mask.sum())
+    config = diffusers_transformer_config(args.preset, Task.T2V)
+    flops_per_forward = dit_forward_flops(config, video_tokens(config, args.height, args.width, args.num_frames),
+                                          text_tokens)
+    run = VariantRun(args.preset, device, dtype, conditioning, DenoiseParams.from_request(request), args.steps,
+                     args.measure_steps, 2 * flops_per_forward, peak_tflops(device_name))
 
-    names = args.variants.split(",") if args.variants else [
-        name for name in variants(args.cache_threshold) if name != "fp8-dynamic" or _has_fp8(device)]
     rows = []
-    for name in names:
+    for name in args.variants.split(",") if args.variants else default_variants(device):
         options, batch_cfg = variants(args.cache_threshold)[name]
-        if name == "diffusers":
-            stage = DenoiseStage(diffusers_transformer(args.preset, Task.T2V, device, dtype),
-                                 diffusers_scheduler(args.preset, Task.T2V), batch_cfg=False)
-        else:
-            stage = LocalPipeline.from_pretrained(args.preset, device=device, dtype=dtype, optimize=options,
-                                                  sequence_batch=not batch_cfg).denoise
-        config = dict(stage.transformer.config)
-        flops_per_step = 2 * dit_forward_flops(config, video_tokens(config, args.height, args.width,
-                                                                      args.num_frames), text_tokens)
-        # Skipping shows only over a whole video, and under compile the cache's hooks settle their graphs only
-        # in the second video (its reset state guards differently): the cache variant warms up on two short
-        # videos and times a whole one; the others warm up on one step.
-        whole_video = name == "cache"
-        for _ in range(2 if whole_video else 1):
-            _time_steps(stage, conditioning, params, WARMUP_VIDEO_STEPS if whole_video else 1, device)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        step_times = _time_steps(stage, conditioning, params, args.steps if whole_video else args.measure_steps, device)
-        per_step = sum(step_times) / len(step_times)
-        peak_gb = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-        peak = peak_tflops(device_name)
-        rows.append({
-            "variant": name, "options": options.model_dump(mode="json"), "cfg_batched": batch_cfg,
-            "seconds_per_step": per_step, "seconds_per_video": per_step * args.steps,
-            "peak_memory_gb": peak_gb, "achieved_tflops": flops_per_step / per_step / 1e12,
-            "mfu": flops_per_step / per_step / (peak * 1e12) if peak else None,
-        })
-        print(json.dumps(rows[-1]), flush=True)
-        del stage
+        try:
+            row = run.measure(name, options, batch_cfg)
+        except Exception as error:  # noqa: BLE001 - one variant failing must not lose the others' figures
+            logger.exception("variant %s failed", name)
+            row = {"variant": name, "options": options.model_dump(mode="json"), "error": repr(error)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
 
-    config_flops = dit_forward_flops(config, video_tokens(config, args.height, args.width, args.num_frames),
-                                     text_tokens)
     report = {
         "command": f"python {' '.join(sys.argv)}",
         "device": device_name,
@@ -130,18 +122,58 @@ def main() -> None:
         "workload": {"preset": args.preset, "height": args.height, "width": args.width,
                      "num_frames": args.num_frames, "steps": args.steps, "cfg": "true CFG, 2 branches",
                      "prompt_tokens": text_tokens},
-        "flops_per_forward": config_flops,
-        "matmul_floor_seconds_at_790_tflops": 2 * args.steps * config_flops / 790e12,
+        "flops_per_forward": flops_per_forward,
+        "matmul_floor_seconds_at_790_tflops": 2 * args.steps * flops_per_forward / 790e12,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
+    if any("error" in row for row in rows):
+        sys.exit(1)
 
 
-def _has_fp8(device: str) -> bool:
-    return device == "cuda" and torch.cuda.get_device_capability() >= FP8_COMPUTE_CAPABILITY
+@dataclass(frozen=True)
+class VariantRun:
+    """What every variant is measured on: the same preset, inputs and FLOP count."""
+
+    preset: str
+    device: str
+    dtype: torch.dtype
+    conditioning: Conditioning
+    params: DenoiseParams
+    steps: int
+    measure_steps: int
+    flops_per_step: float
+    peak_tflops: float | None
+
+    def measure(self, name: str, options: OptimizeConfig, batch_cfg: bool) -> dict:
+        if name == "diffusers":
+            stage = DenoiseStage(diffusers_transformer(self.preset, Task.T2V, self.device, self.dtype),
+                                 diffusers_scheduler(self.preset, Task.T2V), batch_cfg=False)
+        else:
+            stage = LocalPipeline.from_pretrained(self.preset, device=self.device, dtype=self.dtype, optimize=options,
+                                                  sequence_batch=not batch_cfg).denoise
+        # Skipping shows only over a whole video, and under compile the cache's hooks settle their graphs only
+        # in the second video (its reset state guards differently): the cache variant warms up on two short
+        # videos and times a whole one; the others warm up on one step.
+        whole_video = name == "cache"
+        for _ in range(2 if whole_video else 1):
+            _time_steps(stage, self.conditioning, self.params, WARMUP_VIDEO_STEPS if whole_video else 1, self.device)
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        step_times = _time_steps(stage, self.conditioning, self.params,
+                                 self.steps if whole_video else self.measure_steps, self.device)
+        per_step = sum(step_times) / len(step_times)
+        achieved = self.flops_per_step / per_step
+        return {
+            "variant": name, "options": options.model_dump(mode="json"), "cfg_batched": batch_cfg,
+            "seconds_per_step": per_step, "seconds_per_video": per_step * self.steps,
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if self.device == "cuda" else None,
+            "achieved_tflops": achieved / 1e12,
+            "mfu": achieved / (self.peak_tflops * 1e12) if self.peak_tflops else None,
+        }
 
 
 @torch.inference_mode()
@@ -159,7 +191,7 @@ def _time_steps(stage, conditioning, params: DenoiseParams, steps: int, device: 
 
 
 def markdown(report: dict) -> str:
-    baseline = next((r for r in report["rows"] if r["variant"] == "diffusers"), None)
+    baseline = next((r for r in report["rows"] if r["variant"] == "diffusers" and "error" not in r), None)
     lines = [
         f"# DiT benchmark: {report['workload']}",
         "",
@@ -172,6 +204,9 @@ def markdown(report: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in report["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['variant']} | failed: {row['error'][:120]} | | | | | |")
+            continue
         speedup = baseline["seconds_per_step"] / row["seconds_per_step"] if baseline else float("nan")
         peak = f"{row['peak_memory_gb']:.1f}" if row["peak_memory_gb"] is not None else "-"
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"

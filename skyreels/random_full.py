@@ -32,10 +32,14 @@ TRANSFORMER_CONFIG = dict(
 PROMPT_TOKENS = 40  # valid tokens of a typical prompt; the rest of the 256 is padding
 
 
+def transformer_config(task: Task) -> dict:
+    """The DiT config of the task: the I2V model takes the image latents concatenated on channels."""
+    return {"in_channels": LATENT_CHANNELS * (2 if task is Task.I2V else 1), **TRANSFORMER_CONFIG}
+
+
 def random_transformer(task: Task, device: torch.device | str, dtype: torch.dtype, seed: int = 0) -> nn.Module:
-    in_channels = LATENT_CHANNELS * (2 if task is Task.I2V else 1)
     with torch.device("meta"):
-        model = HunyuanVideoTransformer3DModel(in_channels=in_channels, **TRANSFORMER_CONFIG)
+        model = HunyuanVideoTransformer3DModel(**transformer_config(task))
     return _materialize(model, device, dtype, seed)
 
 

@@ -3,7 +3,8 @@
 #
 #   benchmarks/gpu/run.sh check        tiny preset on the GPU in bf16: every option vs the unoptimised run,
 #                                      and the unoptimised GPU run vs the CPU float32 reference
-#   benchmarks/gpu/run.sh dit-base     random-full DiT, 544x960x97: diffusers' default vs lossless
+#   benchmarks/gpu/run.sh dit-base     random-full DiT, 544x960x97: diffusers' default vs lossless (best exact
+#                                      kernel installed) vs lossless on SDPA's cuDNN kernel
 #   benchmarks/gpu/run.sh dit-fast     random-full DiT: fp8 weight-only, fp8 weights + activations, block offload
 #   benchmarks/gpu/run.sh dit-cache    random-full DiT: First-Block step cache over a whole 30-step video
 #   benchmarks/gpu/run.sh e2e          random-full text + DiT + VAE vs diffusers' pipeline (4 steps)
@@ -31,7 +32,7 @@ case "${1:-}" in
         python3 benchmarks/bench_options.py --dtype bfloat16 --cpu_reference --num_inference_steps 10 \
             --out "$OUT/options_tiny_gpu.json" ;;
     dit-base)
-        python3 benchmarks/bench_dit.py --preset random-full --variants diffusers,lossless --out "$OUT/dit_base.json" ;;
+        python3 benchmarks/bench_dit.py --preset random-full --variants diffusers,lossless,cudnn --out "$OUT/dit_base.json" ;;
     dit-fast)
         python3 benchmarks/bench_dit.py --preset random-full --variants fp8,fp8-dynamic,offload --out "$OUT/dit_fast.json" ;;
     dit-cache)
