@@ -54,12 +54,18 @@ def test_random_text_encoder_shapes_and_determinism() -> None:
     assert not torch.equal(a.positive.embeds, a.negative.embeds)
 
 
+BENCHMARK_FLAGS = {
+    "bench_dit.py": ["--measure_steps", "1", "--variants", "diffusers,lossless"],
+    "bench_e2e.py": [],
+    "bench_step_cache.py": ["--thresholds", "0.5", "--decode"],
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["bench_dit.py", "bench_e2e.py"])
+@pytest.mark.parametrize("script", sorted(BENCHMARK_FLAGS))
 def test_benchmark_scripts_write_their_tables(script: str, tmp_path: Path, tiny_t2v_dir: Path) -> None:
     out = tmp_path / "result.json"
     subprocess.run([sys.executable, f"benchmarks/{script}", "--preset", str(tiny_t2v_dir), "--height", "64",
-                    "--width", "64", "--num_frames", "9", "--steps", "2", "--out", str(out)]
-                   + (["--measure_steps", "1", "--variants", "diffusers,lossless"] if script == "bench_dit.py" else []),
+                    "--width", "64", "--num_frames", "9", "--steps", "2", "--out", str(out), *BENCHMARK_FLAGS[script]],
                    check=True, capture_output=True, cwd=Path(__file__).parents[1])
     assert out.is_file() and out.with_suffix(".md").read_text().count("|") > 10

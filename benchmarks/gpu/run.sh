@@ -7,12 +7,18 @@
 #                                      kernel installed) vs lossless on SDPA's cuDNN kernel
 #   benchmarks/gpu/run.sh dit-fast     random-full DiT: fp8 weight-only, fp8 weights + activations, block offload
 #   benchmarks/gpu/run.sh dit-cache    random-full DiT: First-Block step cache over a whole 30-step video
+#   benchmarks/gpu/run.sh cache-quality random-full DiT: the step cache at 0.1 vs the exact 30-step video
+#                                      (latent PSNR, skipped forwards; no compile)
 #   benchmarks/gpu/run.sh e2e          random-full text + DiT + VAE vs diffusers' pipeline (4 steps)
 #
 # Results go to $OUT (default benchmarks/results) as .json + .md. On a host with no package registry,
 # carry the wheels of benchmarks/gpu/fetch_wheels.sh in .whl/: they are installed first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+STEPS="check dit-base dit-fast dit-cache cache-quality e2e"
+if [[ " $STEPS " != *" ${1:-none} "* ]]; then
+    sed -n 2,15p "$0"; exit 2
+fi
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
 
@@ -37,8 +43,8 @@ case "${1:-}" in
         python3 benchmarks/bench_dit.py --preset random-full --variants fp8,fp8-dynamic,offload --out "$OUT/dit_fast.json" ;;
     dit-cache)
         python3 benchmarks/bench_dit.py --preset random-full --variants cache --out "$OUT/dit_cache.json" ;;
+    cache-quality)
+        python3 benchmarks/bench_step_cache.py --preset random-full --thresholds 0.1 --out "$OUT/step_cache.json" ;;
     e2e)
         python3 benchmarks/bench_e2e.py --preset random-full --steps 4 --out "$OUT/e2e.json" ;;
-    *)
-        sed -n 2,13p "$0"; exit 2 ;;
 esac

@@ -79,16 +79,17 @@ def enable_step_cache(transformer: nn.Module, threshold: float) -> None:
 
 def share_step_cache_decisions(transformer: nn.Module, mesh: DeviceMesh) -> None:
     """From now on the step cache of `transformer` decides together with the other ranks of `mesh`."""
-    _gang_hook(transformer).mesh = mesh
+    step_cache_hook(transformer).mesh = mesh
 
 
 def log_step_cache_use(transformer: nn.Module) -> None:
     """Logs how many DiT forwards of the last video the cache skipped (each CFG branch counts)."""
-    hook = _gang_hook(transformer)
+    hook = step_cache_hook(transformer)
     logger.info("step cache (threshold %s): skipped %d of %d DiT forwards", hook.threshold, hook.skips, hook.forwards)
 
 
-def _gang_hook(transformer: nn.Module) -> GangFirstBlockHook:
+def step_cache_hook(transformer: nn.Module) -> GangFirstBlockHook:
+    """The hook that decides: its `threshold` may be changed between videos; `skips` / `forwards` count the last."""
     return _head_block_registry(transformer).get_hook(_FBC_LEADER_BLOCK_HOOK)
 
 

@@ -1,0 +1,106 @@
+"""Step cache: speed and quality against the uncached video, threshold by threshold, on one model.
+
+    python benchmarks/bench_step_cache.py --preset random-full --thresholds 0.1 --out benchmarks/results/step_cache_h100.json
+    python benchmarks/bench_step_cache.py --preset tiny --height 64 --width 64 --num_frames 9 --steps 20 \
+        --thresholds 0.3,0.5,0.9 --decode --out benchmarks/results/step_cache_tiny_cpu.json
+
+The DiT runs each video once with the First-Block cache at threshold 0 (it never skips: the exact video)
+and once per threshold. Quality is the PSNR of the latents against the exact ones (peak: their range),
+and with --decode of the decoded frames too. No compile, so that the ratio shows the skipping alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from skyreels import GenerationRequest, LocalPipeline
+from skyreels.optimize import OptimizeConfig
+from skyreels.optimize.cache import step_cache_hook
+from skyreels.stages.denoise import DenoiseParams
+
+
+def psnr_db(value: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, peak: float) -> float:
+    mse = float(((torch.as_tensor(value, dtype=torch.float64) - torch.as_tensor(reference, dtype=torch.float64)) ** 2)
+                .mean())
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="random-full")
+    parser.add_argument("--height", type=int, default=544)
+    parser.add_argument("--width", type=int, default=960)
+    parser.add_argument("--num_frames", type=int, default=97)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--thresholds", default="0.05,0.1", help="comma-separated")
+    parser.add_argument("--decode", action="store_true", help="also decode every video and compare the frames")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_cache.json"))
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    request = GenerationRequest(prompt="a city at night, neon signs, rain", height=args.height, width=args.width,
+                                num_frames=args.num_frames, num_inference_steps=args.steps, seed=0)
+    pipe = LocalPipeline.from_pretrained(args.preset, device=device, dtype=dtype,
+                                         optimize=OptimizeConfig(step_cache_threshold=0.0))
+    conditioning = pipe.text.encode(request.prompt, request.negative_prompt)
+    params = DenoiseParams.from_request(request)
+    hook = step_cache_hook(pipe.denoise.transformer)
+
+    def video(threshold: float, steps: int = args.steps) -> dict:
+        hook.threshold = threshold
+        start = time.perf_counter()
+        latents = pipe.denoise.denoise(conditioning, replace(params, num_inference_steps=steps))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        return {"threshold": threshold, "seconds": seconds, "skipped_forwards": hook.skips,
+                "forwards": hook.forwards, "latents": latents.float().cpu(),
+                "frames": pipe.vae.decode(latents) if args.decode else None}
+
+    video(0.0, steps=2)  # warm-up: allocator, kernels
+    exact = video(0.0)
+    peak = float(exact["latents"].max() - exact["latents"].min())
+    rows = []
+    for threshold in [0.0, *map(float, args.thresholds.split(","))]:
+        run = exact if threshold == 0.0 else video(threshold)
+        rows.append({
+            "threshold": threshold, "seconds_per_video": run["seconds"], "speedup": exact["seconds"] / run["seconds"],
+            "skipped_forwards": run["skipped_forwards"], "forwards": run["forwards"],
+            "latent_psnr_db": psnr_db(run["latents"], exact["latents"], peak),
+            "max_abs_diff_latents": float((run["latents"] - exact["latents"]).abs().max()),
+            "frame_psnr_db": psnr_db(run["frames"], exact["frames"], 255.0) if args.decode else None,
+        })
+        print(json.dumps(rows[-1]), flush=True)
+
+    report = {
+        "command": f"python {' '.join(sys.argv)}",
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.machine()}",
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
+        "workload": {"preset": args.preset, "height": args.height, "width": args.width,
+                     "num_frames": args.num_frames, "steps": args.steps, "cfg": "true CFG, 2 branches in one batch"},
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Step cache: {report['workload']}", "", f"Device: {report['device']}; {report['versions']}",
+             f"Command: `{report['command']}`", "",
+             "| threshold | s/video | speed-up | skipped forwards | latent PSNR (dB) | max abs diff latents | frame PSNR (dB) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['threshold']} | {r['seconds_per_video']:.2f} | {r['speedup']:.2f}x | "
+              f"{r['skipped_forwards']}/{r['forwards']} | {r['latent_psnr_db']:.1f} | {r['max_abs_diff_latents']:.2e} | "
+              f"{'-' if r['frame_psnr_db'] is None else format(r['frame_psnr_db'], '.1f')} |" for r in rows]
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
