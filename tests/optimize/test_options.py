@@ -12,6 +12,7 @@ import torch
 from skyreels import GenerationRequest, LocalPipeline
 from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.attention import usable_backend
+from skyreels.optimize.compile import RECOMPILE_LIMIT
 from skyreels.optimize.quant import resolve_mode
 
 STEPS = 12
@@ -102,6 +103,7 @@ def test_regional_compile_matches(tiny_t2v_dir, request_, baseline, tmp_path) ->
     pipe, result = run(tiny_t2v_dir, request_, compile=True, compile_cache_dir=tmp_path / "inductor")
     assert torch.allclose(result.latents, baseline.latents, atol=1e-4)
     assert any((tmp_path / "inductor").iterdir())
+    assert torch._dynamo.config.recompile_limit >= RECOMPILE_LIMIT
     # a prompt of another length: another text length in the compiled blocks, and CFG branches of unequal length
     longer = request_.model_copy(update={"prompt": "a cat walks slowly along a garden wall at dusk"})
     expected = LocalPipeline.from_pretrained(tiny_t2v_dir).generate(longer)
