@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
+from diffusers.models.attention_dispatch import AttentionBackendName
 
 from gloo_ranks import run_ranks
 from skyreels.parallel import joint_attention
@@ -128,3 +130,18 @@ def test_ulysses_equals_diffusers_forward(transformers, tiny_t2v_dir: Path, degr
                                          degree):
         assert torch.allclose(output, expected, rtol=0, atol=1e-5), (output - expected).abs().max()
         assert sorted(set(key_lengths)) == [60 + n for n in lengths]  # real video + own prompt: pad never a key
+
+
+def test_the_chosen_kernel_survives_installing_a_mesh(tiny_t2v_dir: Path, kernels_refuse_masks) -> None:
+    """set_attention_backend reaches the joint processor, and giving the model a mesh later keeps the kernel."""
+    model = HunyuanVideoTransformer3DModel.from_pretrained(tiny_t2v_dir / "transformer").eval()
+    use_joint_attention(model)
+    model.set_attention_backend("_native_math")  # PyTorch's reference kernel: runs on the CPU
+    use_joint_attention(model, mesh=SimpleNamespace(ulysses_degree=1, ulysses_rank=0))  # a CFG-only mesh
+    processors = {block.attn.processor for block in [*model.transformer_blocks, *model.single_transformer_blocks]}
+    assert len(processors) == 1
+    assert next(iter(processors))._attention_backend == AttentionBackendName._NATIVE_MATH
+    arguments = inputs(model, [4, 8])
+    with torch.inference_mode():
+        assert torch.isfinite(model(**arguments, return_dict=False)[0]).all()
+    assert kernels_refuse_masks  # the calls went through the joint processor, unmasked
