@@ -36,7 +36,7 @@ import torch
 from baseline import diffusers_scheduler, diffusers_transformer, diffusers_transformer_config, text_stage
 from skyreels import GenerationRequest, LocalPipeline, Task
 from skyreels.optimize import OptimizeConfig
-from skyreels.optimize.attention import AVAILABLE
+from skyreels.optimize.attention import unusable_reason
 from skyreels.optimize.flops import dit_forward_flops, peak_tflops, video_tokens
 from skyreels.optimize.quant import FP8_COMPUTE_CAPABILITY
 from skyreels.stages.conditioning import Conditioning
@@ -48,13 +48,13 @@ logger = logging.getLogger("bench_dit")
 WARMUP_VIDEO_STEPS = 3
 
 
-def best_attention(candidates: tuple[str, ...]) -> str:
-    return next(name for name in candidates if AVAILABLE[name]())
+def best_attention(candidates: tuple[str, ...], device: str) -> str:
+    return next(name for name in candidates if unusable_reason(name, torch.device(device)) is None)
 
 
-def variants(cache_threshold: float) -> dict[str, tuple[OptimizeConfig, bool]]:
+def variants(cache_threshold: float, device: str) -> dict[str, tuple[OptimizeConfig, bool]]:
     """name -> (options, CFG branches batched)."""
-    exact_kernel = best_attention(("_flash_3", "flash", "native"))
+    exact_kernel = best_attention(("_flash_3", "flash", "native"), device)
     lossless = dict(compile=True, attention_backend=exact_kernel)
     return {
         "diffusers": (OptimizeConfig(), False),
@@ -62,7 +62,7 @@ def variants(cache_threshold: float) -> dict[str, tuple[OptimizeConfig, bool]]:
         "cudnn": (OptimizeConfig(compile=True, attention_backend="_native_cudnn"), True),
         "fp8": (OptimizeConfig(**lossless, quant="auto"), True),
         "fp8-dynamic": (OptimizeConfig(compile=True, quant="fp8-dynamic",
-                                       attention_backend=best_attention(("sage", exact_kernel))), True),
+                                       attention_backend=best_attention(("sage", exact_kernel), device)), True),
         "cache": (OptimizeConfig(**lossless, step_cache_threshold=cache_threshold), True),
         "offload": (OptimizeConfig(block_offload=True, high_cpu_memory=True), True),
     }
@@ -72,7 +72,7 @@ def default_variants(device: str) -> list[str]:
     """Every variant this device can run: cuDNN attention on CUDA, fp8-dynamic with fp8 tensor cores."""
     cuda = device == "cuda"
     runnable = {"cudnn": cuda, "fp8-dynamic": cuda and torch.cuda.get_device_capability() >= FP8_COMPUTE_CAPABILITY}
-    return [name for name in variants(0.0) if runnable.get(name, True)]
+    return [name for name in variants(0.0, device) if runnable.get(name, True)]
 
 
 def main() -> None:
@@ -103,7 +103,7 @@ def main() -> None:
 
     rows = []
     for name in args.variants.split(",") if args.variants else default_variants(device):
-        options, batch_cfg = variants(args.cache_threshold)[name]
+        options, batch_cfg = variants(args.cache_threshold, device)[name]
         try:
             row = run.measure(name, options, batch_cfg)
         except Exception as error:  # noqa: BLE001 - one variant failing must not lose the others' figures

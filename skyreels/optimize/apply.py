@@ -26,7 +26,7 @@ def prepare_transformer(
     use_joint_attention(transformer)
     if config.quant != "none":
         quantize_linears(transformer, resolve_mode(config.quant, device))
-    backend = usable_backend(config.attention_backend)
+    backend = usable_backend(config.attention_backend, device)
     if backend != "native":
         set_backend(transformer, backend)
     if config.step_cache_threshold is not None:
