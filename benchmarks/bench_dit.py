@@ -207,11 +207,11 @@ def markdown(report: dict) -> str:
         if "error" in row:
             lines.append(f"| {row['variant']} | failed: {row['error'][:120]} | | | | | |")
             continue
-        speedup = baseline["seconds_per_step"] / row["seconds_per_step"] if baseline else float("nan")
+        speedup = f"{baseline['seconds_per_step'] / row['seconds_per_step']:.2f}x" if baseline else "-"
         peak = f"{row['peak_memory_gb']:.1f}" if row["peak_memory_gb"] is not None else "-"
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
         lines.append(f"| {row['variant']} | {row['seconds_per_step']:.4f} | {row['seconds_per_video']:.2f} | "
-                     f"{speedup:.2f}x | {peak} | {row['achieved_tflops']:.3g} | {mfu} |")
+                     f"{speedup} | {peak} | {row['achieved_tflops']:.3g} | {mfu} |")
     return "\n".join(lines) + "\n"
 
 
