@@ -15,8 +15,8 @@ from skyreels.optimize.apply import prepare_transformer
 from skyreels.optimize.cache import log_step_cache_use, share_step_cache_decisions
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.parallel.cfg import gather_branches
-from skyreels.parallel.mesh import DeviceMesh
 from skyreels.parallel.joint_attention import use_joint_attention
+from skyreels.parallel.mesh import DeviceMesh
 from skyreels.progress import StepCallback, StepProgress
 from skyreels.request import GenerationRequest
 from skyreels.stages.conditioning import Conditioning, ImageCondition, PromptEmbeds
