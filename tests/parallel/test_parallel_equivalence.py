@@ -1,6 +1,6 @@
 """Every parallel layout reproduces the single-process result for the same seed (gloo on CPU).
 
-Shapes: 80x80x9 has 75 video tokens (not divisible by 2 or 4: the padded, masked path), 64x64x5 has
+Shapes: 80x80x9 has 75 video tokens (not divisible by 2 or 4: the padded path), 64x64x5 has
 32 (not divisible by 3). The Serve gang of 2 fake GPUs is compared with one process in
 tests/serve_app/test_jobs_api.py.
 """
