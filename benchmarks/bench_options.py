@@ -2,7 +2,8 @@
 
     python benchmarks/bench_options.py --out benchmarks/results/options_tiny_cpu.json
 
-Reports seconds per video, max |latents - baseline| and PSNR of the frames against the baseline.
+Reports seconds per video, max |latents - baseline| and PSNR of the frames against the baseline, and checks
+each PSNR against the option's stated bound: the exit status is 1 when one falls below.
 On a GPU, `--dtype bfloat16 --cpu_reference` adds the unoptimised run on the CPU in float32, compared with
 the GPU baseline: the correctness check of the GPU path (benchmarks/gpu/run.sh check).
 Speed figures come from bench_dit.py / bench_e2e.py.
@@ -22,20 +23,25 @@ import torch
 
 from skyreels import GenerationRequest, LocalPipeline
 from skyreels.optimize import OptimizeConfig
+from skyreels.optimize.quant import FP8_COMPUTE_CAPABILITY
 
-OPTIONS: dict[str, dict] = {
-    "baseline": {},
-    "quant int8": {"quant": "int8"},
-    "quant fp8": {"quant": "fp8"},
-    "offload (model level)": {"offload": True},
-    "parameters_level (block streaming)": {"block_offload": True, "high_cpu_memory": True},
-    "compile (regional)": {"compile": True},
-    "attention sage (falls back to SDPA if missing)": {"attention_backend": "sage"},
+# option -> (OptimizeConfig fields, lowest PSNR of the frames against the baseline, dB). The bounds hold in
+# float32 on the CPU and in bf16 on a GPU; the lossless options sit far above theirs (inf in float32).
+OPTIONS: dict[str, tuple[dict, float]] = {
+    "baseline": ({}, float("inf")),
+    "quant int8": ({"quant": "int8"}, 40.0),
+    "quant fp8": ({"quant": "fp8"}, 40.0),
+    "quant fp8-dynamic (fp8 tensor cores only)": ({"quant": "fp8-dynamic"}, 35.0),
+    "offload (model level)": ({"offload": True}, 60.0),
+    "parameters_level (block streaming)": ({"block_offload": True, "high_cpu_memory": True}, 60.0),
+    "compile (regional)": ({"compile": True}, 40.0),
+    "attention sage (falls back to SDPA if missing)": ({"attention_backend": "sage"}, 35.0),
     # the tiny DiT has 2 blocks and random weights: its first block changes a lot between steps, so
     # only high thresholds skip anything here (0.05-0.1 is the range for the real model)
-    "step cache 0.5": {"step_cache_threshold": 0.5},
-    "step cache 0.9": {"step_cache_threshold": 0.9},
+    "step cache 0.5": ({"step_cache_threshold": 0.5}, 35.0),
+    "step cache 0.9": ({"step_cache_threshold": 0.9}, 30.0),
 }
+CPU_REFERENCE_MIN_PSNR_DB = 30.0  # the GPU's bf16 baseline against the CPU's float32 run
 
 
 def psnr(frames: np.ndarray, reference: np.ndarray) -> float:
@@ -59,17 +65,21 @@ def main() -> None:
     request = GenerationRequest(prompt="a cat walks on the grass", height=height, width=width,
                                 num_frames=args.num_frames, num_inference_steps=args.num_inference_steps, seed=42)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    has_fp8 = device == "cuda" and torch.cuda.get_device_capability() >= FP8_COMPUTE_CAPABILITY
     rows, baseline = [], None
-    for name, options in OPTIONS.items():
+    for name, (options, min_psnr) in OPTIONS.items():
+        if options.get("quant") == "fp8-dynamic" and not has_fp8:
+            print(f"{name}: skipped, no fp8 tensor cores here", flush=True)
+            continue
         pipe = LocalPipeline.from_pretrained(args.model, device=device, dtype=dtype, optimize=OptimizeConfig(**options))
         result, seconds = _timed_generate(pipe, request)
         baseline = baseline or result
-        rows.append(_row(name, seconds, result, baseline))
+        rows.append(_row(name, seconds, result, baseline, min_psnr))
         print(rows[-1], flush=True)
         del pipe
     if args.cpu_reference:
         result, seconds = _timed_generate(LocalPipeline.from_pretrained(args.model), request)
-        rows.append(_row("baseline on CPU, float32 (reference)", seconds, result, baseline))
+        rows.append(_row("baseline on CPU, float32 (reference)", seconds, result, baseline, CPU_REFERENCE_MIN_PSNR_DB))
         print(rows[-1], flush=True)
     report = {
         "command": f"python {' '.join(sys.argv)}",
@@ -83,11 +93,14 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     lines = [f"# Options on {args.model} ({report['workload']})", "",
              f"Device: {report['device']}; versions: {report['versions']}; command: `{report['command']}`", "",
-             "| option | s/video | max abs diff latents | PSNR vs baseline (dB) |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['option']} | {r['seconds']:.3f} | {r['max_abs_diff_latents']:.2e} | {r['psnr_db']:.1f} |"
-              for r in rows]
+             "| option | s/video | max abs diff latents | PSNR vs baseline (dB) | bound (dB) | within |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['option']} | {r['seconds']:.3f} | {r['max_abs_diff_latents']:.2e} | {r['psnr_db']:.1f} | "
+              f"{r['min_psnr_db']:.0f} | {'yes' if r['within_bound'] else 'NO'} |" for r in rows]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if not all(r["within_bound"] for r in rows):
+        sys.exit(1)
 
 
 def _timed_generate(pipe: LocalPipeline, request: GenerationRequest):
@@ -97,11 +110,12 @@ def _timed_generate(pipe: LocalPipeline, request: GenerationRequest):
     return result, time.perf_counter() - start
 
 
-def _row(name: str, seconds: float, result, baseline) -> dict:
+def _row(name: str, seconds: float, result, baseline, min_psnr: float) -> dict:
+    quality = psnr(result.frames, baseline.frames)
     return {
         "option": name, "seconds": seconds,
         "max_abs_diff_latents": (result.latents.float() - baseline.latents.float()).abs().max().item(),
-        "psnr_db": psnr(result.frames, baseline.frames),
+        "psnr_db": quality, "min_psnr_db": min_psnr, "within_bound": bool(quality >= min_psnr),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,14 @@ def test_benchmark_scripts_write_their_tables(script: str, tmp_path: Path, tiny_
                     "--width", "64", "--num_frames", "9", "--steps", "2", "--out", str(out), *BENCHMARK_FLAGS[script]],
                    check=True, capture_output=True, cwd=Path(__file__).parents[1])
     assert out.is_file() and out.with_suffix(".md").read_text().count("|") > 10
+
+
+@pytest.mark.slow
+def test_option_benchmark_stays_within_its_stated_bounds(tmp_path: Path, tiny_t2v_dir: Path) -> None:
+    out = tmp_path / "options.json"
+    subprocess.run([sys.executable, "benchmarks/bench_options.py", "--model", str(tiny_t2v_dir),
+                    "--num_inference_steps", "8", "--out", str(out)],
+                   check=True, capture_output=True, cwd=Path(__file__).parents[1])  # exit 1 below a bound
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 9 and all(row["within_bound"] for row in rows)  # fp8-dynamic is skipped on the CPU
+    assert out.with_suffix(".md").read_text().count("| yes |") == 9
