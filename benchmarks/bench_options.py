@@ -25,16 +25,16 @@ from skyreels import GenerationRequest, LocalPipeline
 from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.quant import FP8_COMPUTE_CAPABILITY
 
-# option -> (OptimizeConfig fields, lowest PSNR of the frames against the baseline, dB). The bounds hold in
-# float32 on the CPU and in bf16 on a GPU; the lossless options sit far above theirs (inf in float32).
+# option -> (OptimizeConfig fields, lowest PSNR of the frames against the baseline, dB). The bounds leave room
+# for bf16 on a GPU, where fused kernels round differently; a broken option lands near 15 dB (another seed).
 OPTIONS: dict[str, tuple[dict, float]] = {
     "baseline": ({}, float("inf")),
-    "quant int8": ({"quant": "int8"}, 40.0),
-    "quant fp8": ({"quant": "fp8"}, 40.0),
+    "quant int8": ({"quant": "int8"}, 35.0),
+    "quant fp8": ({"quant": "fp8"}, 35.0),
     "quant fp8-dynamic (fp8 tensor cores only)": ({"quant": "fp8-dynamic"}, 35.0),
-    "offload (model level)": ({"offload": True}, 60.0),
-    "parameters_level (block streaming)": ({"block_offload": True, "high_cpu_memory": True}, 60.0),
-    "compile (regional)": ({"compile": True}, 40.0),
+    "offload (model level)": ({"offload": True}, 50.0),
+    "parameters_level (block streaming)": ({"block_offload": True, "high_cpu_memory": True}, 50.0),
+    "compile (regional)": ({"compile": True}, 35.0),
     "attention sage (falls back to SDPA if missing)": ({"attention_backend": "sage"}, 35.0),
     # the tiny DiT has 2 blocks and random weights: its first block changes a lot between steps, so
     # only high thresholds skip anything here (0.05-0.1 is the range for the real model)
