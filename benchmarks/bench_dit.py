@@ -24,9 +24,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
-import sys
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +33,14 @@ from pathlib import Path
 import torch
 
 from baseline import diffusers_scheduler, diffusers_transformer, diffusers_transformer_config, text_stage
-from skyreels import GenerationRequest, LocalPipeline, Task
+from skyreels import LocalPipeline, Task
 from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.attention import unusable_reason
 from skyreels.optimize.flops import dit_forward_flops, peak_tflops, video_tokens
 from skyreels.optimize.quant import FP8_COMPUTE_CAPABILITY
 from skyreels.stages.conditioning import Conditioning
 from skyreels.stages.denoise import DenoiseParams, DenoiseStage
+from workload import Workload, add_workload_flags, versions
 
 logger = logging.getLogger("bench_dit")
 
@@ -77,21 +77,14 @@ def default_variants(device: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="random-full", help="random-full (GPU), tiny, or a model source")
-    parser.add_argument("--height", type=int, default=544)
-    parser.add_argument("--width", type=int, default=960)
-    parser.add_argument("--num_frames", type=int, default=97)
-    parser.add_argument("--steps", type=int, default=30, help="steps of the video the figures are quoted for")
+    add_workload_flags(parser)
     parser.add_argument("--measure_steps", type=int, default=3, help="timed steps per variant (after a 1-step warm-up; cache: whole videos)")
     parser.add_argument("--variants", help="comma-separated; default: every variant this device can run")
     parser.add_argument("--cache_threshold", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dit.json"))
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    device_name = torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.machine()}"
-    request = GenerationRequest(prompt="a city at night, neon signs, rain", height=args.height, width=args.width,
-                                num_frames=args.num_frames, num_inference_steps=args.steps, seed=0)
+    workload = Workload.from_args(args)
+    device, dtype, request, device_name = workload.device, workload.dtype, workload.request, workload.device_name()
     conditioning = text_stage(args.preset, device, dtype).encode(request.prompt, request.negative_prompt)
     # the work the model needs: the prompt's real tokens (diffusers also computes the padding, masked)
     text_tokens = int(conditioning.positive.mask.sum())
@@ -118,10 +111,8 @@ def main() -> None:
     report = {
         "command": f"python {' '.join(sys.argv)}",
         "device": device_name,
-        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
-        "workload": {"preset": args.preset, "height": args.height, "width": args.width,
-                     "num_frames": args.num_frames, "steps": args.steps, "cfg": "true CFG, 2 branches",
-                     "prompt_tokens": text_tokens},
+        "versions": versions(),
+        "workload": {**workload.describe(), "cfg": "true CFG, 2 branches", "prompt_tokens": text_tokens},
         "flops_per_forward": flops_per_forward,
         "matmul_floor_seconds_at_790_tflops": 2 * args.steps * flops_per_forward / 790e12,
         "rows": rows,

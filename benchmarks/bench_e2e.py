@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,23 +25,18 @@ from baseline import diffusers_scheduler, diffusers_transformer, diffusers_vae, 
 from skyreels import GenerationRequest, LocalPipeline, Task
 from skyreels.optimize import OptimizeConfig
 from skyreels.random_full import RandomTextEncoderStage
+from workload import Workload, add_workload_flags, versions
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="random-full")
-    parser.add_argument("--height", type=int, default=544)
-    parser.add_argument("--width", type=int, default=960)
-    parser.add_argument("--num_frames", type=int, default=97)
-    parser.add_argument("--steps", type=int, default=30)
+    add_workload_flags(parser)
     parser.add_argument("--compile", action="store_true", help="regional compile in the optimised run")
     parser.add_argument("--quant", choices=["none", "auto", "fp8", "int8"], default="none")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/e2e.json"))
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    request = GenerationRequest(prompt="a city at night, neon signs, rain", height=args.height, width=args.width,
-                                num_frames=args.num_frames, num_inference_steps=args.steps, seed=0)
+    workload = Workload.from_args(args)
+    device, dtype, request = workload.device, workload.dtype, workload.request
     # The baseline runs first, on diffusers' own models, and is freed before the optimised pipeline is built:
     # only one DiT is on the GPU at a time.
     theirs, theirs_s, theirs_gb = _measure_diffusers(request, args, device, dtype)
@@ -56,10 +50,9 @@ def main() -> None:
 
     report = {
         "command": f"python {' '.join(sys.argv)}",
-        "device": torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.machine()}",
-        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
-        "workload": {"preset": args.preset, "height": args.height, "width": args.width,
-                     "num_frames": args.num_frames, "steps": args.steps, "compile": args.compile, "quant": args.quant},
+        "device": workload.device_name(),
+        "versions": versions(),
+        "workload": {**workload.describe(), "compile": args.compile, "quant": args.quant},
         "skyreels": {"seconds": ours_s, "peak_memory_gb": ours_gb},
         "diffusers": {"seconds": theirs_s, "peak_memory_gb": theirs_gb},
         "speedup": theirs_s / ours_s,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -22,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skyreels import GenerationRequest, LocalPipeline
+from skyreels import LocalPipeline
 from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.cache import step_cache_hook
 from skyreels.stages.denoise import DenoiseParams
+from workload import Workload, add_workload_flags, versions
 
 
 def psnr_db(value: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, peak: float) -> float:
@@ -36,20 +36,14 @@ def psnr_db(value: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tens
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="random-full")
-    parser.add_argument("--height", type=int, default=544)
-    parser.add_argument("--width", type=int, default=960)
-    parser.add_argument("--num_frames", type=int, default=97)
-    parser.add_argument("--steps", type=int, default=30)
+    add_workload_flags(parser)
     parser.add_argument("--thresholds", default="0.05,0.1", help="comma-separated")
     parser.add_argument("--decode", action="store_true", help="also decode every video and compare the frames")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_cache.json"))
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    request = GenerationRequest(prompt="a city at night, neon signs, rain", height=args.height, width=args.width,
-                                num_frames=args.num_frames, num_inference_steps=args.steps, seed=0)
-    pipe = LocalPipeline.from_pretrained(args.preset, device=device, dtype=dtype,
+    workload = Workload.from_args(args)
+    device, request = workload.device, workload.request
+    pipe = LocalPipeline.from_pretrained(args.preset, device=device, dtype=workload.dtype,
                                          optimize=OptimizeConfig(step_cache_threshold=0.0))
     conditioning = pipe.text.encode(request.prompt, request.negative_prompt)
     params = DenoiseParams.from_request(request)
@@ -83,10 +77,9 @@ def main() -> None:
 
     report = {
         "command": f"python {' '.join(sys.argv)}",
-        "device": torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.machine()}",
-        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()},
-        "workload": {"preset": args.preset, "height": args.height, "width": args.width,
-                     "num_frames": args.num_frames, "steps": args.steps, "cfg": "true CFG, 2 branches in one batch"},
+        "device": workload.device_name(),
+        "versions": versions(),
+        "workload": {**workload.describe(), "cfg": "true CFG, 2 branches in one batch"},
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
