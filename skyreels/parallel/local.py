@@ -32,7 +32,7 @@ from skyreels.stages.vae import VaeStage
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 600.0
-DEATH_POLL_S = 2.0  # how often a silent gang is checked for dead ranks
+DEATH_POLL_S = 2.0  # how often a silent gang is checked for dead ranks, and an idle rank for a dead driver
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,17 @@ class LocalGang:
         return {process.name: process.exitcode for process in self._processes if not process.is_alive()}
 
 
+def _next_request(requests) -> GenerationRequest | None:
+    """The next request; None to stop, also when the driver is gone (killed: nobody would ever send one)."""
+    while True:
+        try:
+            return requests.get(timeout=DEATH_POLL_S)
+        except queue.Empty:
+            if not mp.parent_process().is_alive():
+                logger.warning("the process driving this gang exited; rank stops")
+                return None
+
+
 def _rank_main(rank, port, spec: GangSpec, requests, results, cancel) -> None:
     try:
         init_group(GroupSpec(rank, spec.world_size, "127.0.0.1", port, spec.device, cuda_index=rank))
@@ -151,7 +162,7 @@ def _rank_main(rank, port, spec: GangSpec, requests, results, cancel) -> None:
                                                 optimize=spec.optimize) if rank == 0 else None
         vae = VaeStage.from_pretrained(paths.component("vae"), device=device, dtype=spec.dtype)
         results.put(_Ready(rank))
-        while (request := requests.get()) is not None:
+        while (request := _next_request(requests)) is not None:
             params = DenoiseParams.from_request(request)
             inputs = [None]
             if rank == 0:

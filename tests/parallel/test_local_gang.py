@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -72,3 +74,39 @@ def test_a_rank_that_dies_fails_the_request_promptly(tiny_t2v_dir: Path) -> None
         gang.close()
     assert time.monotonic() - started < 60
     assert not rank1.is_alive()
+
+
+def test_ranks_exit_when_the_driving_process_is_killed(tiny_t2v_dir: Path) -> None:
+    """A CLI killed with SIGKILL leaves no rank behind (daemonic children outlive a parent killed by a signal)."""
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER.format(model=str(tiny_t2v_dir))], stdout=subprocess.PIPE, text=True)
+    try:
+        ranks = [int(pid) for pid in driver.stdout.readline().split()]
+        assert len(ranks) == 2
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(_alive(pid) for pid in ranks)
+
+
+DRIVER = """
+import multiprocessing, time
+from skyreels import LocalPipeline
+if __name__ == "__main__":
+    gang = LocalPipeline.from_pretrained({model!r}, gpu_num=2)
+    print(*(child.pid for child in multiprocessing.active_children() if child.name.startswith("skyreels-rank")),
+          flush=True)
+    time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a reaper."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
