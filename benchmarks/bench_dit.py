@@ -37,7 +37,7 @@ from skyreels import LocalPipeline, Task
 from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.attention import unusable_reason
 from skyreels.optimize.flops import dit_forward_flops, peak_tflops, video_tokens
-from skyreels.optimize.quant import FP8_COMPUTE_CAPABILITY
+from skyreels.optimize.quant import has_fp8_tensor_cores
 from skyreels.stages.conditioning import Conditioning
 from skyreels.stages.denoise import DenoiseParams, DenoiseStage
 from workload import Workload, add_workload_flags, versions
@@ -70,8 +70,7 @@ def variants(cache_threshold: float, device: str) -> dict[str, tuple[OptimizeCon
 
 def default_variants(device: str) -> list[str]:
     """Every variant this device can run: cuDNN attention on CUDA, fp8-dynamic with fp8 tensor cores."""
-    cuda = device == "cuda"
-    runnable = {"cudnn": cuda, "fp8-dynamic": cuda and torch.cuda.get_device_capability() >= FP8_COMPUTE_CAPABILITY}
+    runnable = {"cudnn": device == "cuda", "fp8-dynamic": has_fp8_tensor_cores(torch.device(device))}
     return [name for name in variants(0.0, device) if runnable.get(name, True)]
 
 

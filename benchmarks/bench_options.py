@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from skyreels import GenerationRequest, LocalPipeline
 from skyreels.optimize import OptimizeConfig
-from skyreels.optimize.quant import FP8_COMPUTE_CAPABILITY
+from skyreels.optimize.quant import has_fp8_tensor_cores
+from skyreels.quality import psnr_db
 
 # option -> (OptimizeConfig fields, lowest PSNR of the frames against the baseline, dB). The bounds leave room
 # for bf16 on a GPU, where fused kernels round differently; a broken option lands near 15 dB (another seed).
@@ -44,11 +44,6 @@ OPTIONS: dict[str, tuple[dict, float]] = {
 CPU_REFERENCE_MIN_PSNR_DB = 30.0  # the GPU's bf16 baseline against the CPU's float32 run
 
 
-def psnr(frames: np.ndarray, reference: np.ndarray) -> float:
-    mse = np.mean((frames.astype(np.float64) - reference.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
@@ -65,7 +60,7 @@ def main() -> None:
     request = GenerationRequest(prompt="a cat walks on the grass", height=height, width=width,
                                 num_frames=args.num_frames, num_inference_steps=args.num_inference_steps, seed=42)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    has_fp8 = device == "cuda" and torch.cuda.get_device_capability() >= FP8_COMPUTE_CAPABILITY
+    has_fp8 = has_fp8_tensor_cores(torch.device(device))
     rows, baseline = [], None
     for name, (options, min_psnr) in OPTIONS.items():
         if options.get("quant") == "fp8-dynamic" and not has_fp8:
@@ -111,7 +106,7 @@ def _timed_generate(pipe: LocalPipeline, request: GenerationRequest):
 
 
 def _row(name: str, seconds: float, result, baseline, min_psnr: float) -> dict:
-    quality = psnr(result.frames, baseline.frames)
+    quality = psnr_db(result.frames, baseline.frames)
     return {
         "option": name, "seconds": seconds,
         "max_abs_diff_latents": (result.latents.float() - baseline.latents.float()).abs().max().item(),

@@ -18,20 +18,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from skyreels import LocalPipeline
 from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.cache import step_cache_hook
+from skyreels.quality import psnr_db
 from skyreels.stages.denoise import DenoiseParams
 from workload import Workload, add_workload_flags, versions
-
-
-def psnr_db(value: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, peak: float) -> float:
-    mse = float(((torch.as_tensor(value, dtype=torch.float64) - torch.as_tensor(reference, dtype=torch.float64)) ** 2)
-                .mean())
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
 
 
 def main() -> None:

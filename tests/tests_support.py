@@ -5,6 +5,8 @@ from __future__ import annotations
 import imageio.v3 as iio
 import numpy as np
 
+from skyreels.quality import psnr_db
+
 # Two h264 encodings of frames that differ by one level in a few pixels (a parallel gang's, whose latents
 # match one process to ~1e-6) can differ by up to ~12 levels where the encoder chose other blocks; they
 # still sit near 46 dB apart, where two seeds of the tiny model sit near 16 dB.
@@ -13,12 +15,6 @@ SAME_VIDEO_MIN_PSNR_DB = 35.0
 
 def decode_mp4(data: bytes) -> np.ndarray:
     return iio.imread(data, extension=".mp4", plugin="FFMPEG")
-
-
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def assert_same_video(served: np.ndarray, local: np.ndarray) -> None:

@@ -27,7 +27,7 @@ class OptimizeConfig(BaseModel):
     attention_backend: AttentionBackend = Field(
         "native", description="Attention kernel: native (PyTorch SDPA, which picks its own), _native_cudnn (SDPA's "
         "cuDNN kernel, CUDA only), flash / _flash_3 (FlashAttention 2 / 3), sage (SageAttention, 8-bit, not "
-        "lossless); falls back to native when not installed.")
+        "lossless); falls back to native, with the reason logged, where it cannot run.")
     step_cache_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="First-Block cache: skip a step's remaining blocks when the first "
         "block's output changed by less than this (relative L1); None turns it off. 0.05-0.1 is typical.")

@@ -18,9 +18,13 @@ KEEP_PRECISE = ("x_embedder", "context_embedder", "time_text_embed", "proj_out",
 FP8_COMPUTE_CAPABILITY = (8, 9)  # Ada and Hopper have fp8 tensor cores
 
 
+def has_fp8_tensor_cores(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_COMPUTE_CAPABILITY
+
+
 def resolve_mode(mode: str, device: torch.device) -> str:
     """auto -> fp8 on GPUs with fp8 tensor cores, int8 elsewhere; fp8-dynamic is refused where it cannot run."""
-    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_COMPUTE_CAPABILITY
+    has_fp8 = has_fp8_tensor_cores(device)
     if mode == "fp8-dynamic" and not has_fp8:
         raise ValueError(f"quant fp8-dynamic needs a GPU with fp8 tensor cores (compute capability "
                          f"{FP8_COMPUTE_CAPABILITY[0]}.{FP8_COMPUTE_CAPABILITY[1]}+: Ada, Hopper), not {device}; "

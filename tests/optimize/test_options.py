@@ -14,6 +14,7 @@ from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.attention import usable_backend
 from skyreels.optimize.compile import RECOMPILE_LIMIT
 from skyreels.optimize.quant import resolve_mode
+from skyreels.quality import psnr_db
 
 STEPS = 12
 
@@ -34,11 +35,6 @@ def run(model: Path, request: GenerationRequest, **options):
     return pipe, pipe.generate(request)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
-
-
 @pytest.mark.parametrize(("mode", "tensor_type", "min_psnr"), [("int8", "Int8Tensor", 50), ("fp8", "Float8Tensor", 45)])
 def test_weight_only_quant_stays_close(tiny_t2v_dir, request_, baseline, mode, tensor_type, min_psnr) -> None:
     pipe, result = run(tiny_t2v_dir, request_, quant=mode)
@@ -49,7 +45,7 @@ def test_weight_only_quant_stays_close(tiny_t2v_dir, request_, baseline, mode, t
     assert type(transformer.proj_out.weight) is torch.nn.Parameter
     assert type(transformer.x_embedder.proj.weight) is torch.nn.Parameter
     assert 0 < (result.latents - baseline.latents).abs().max() < 0.05
-    assert psnr(result.frames, baseline.frames) > min_psnr
+    assert psnr_db(result.frames, baseline.frames) > min_psnr
 
 
 def test_fp8_dynamic_refused_without_fp8_tensor_cores(tiny_t2v_dir) -> None:
@@ -88,7 +84,7 @@ def test_step_cache_skips_and_reports_its_cost(tiny_t2v_dir, request_, baseline)
     assert torch.equal(strict.latents, baseline.latents)  # a zero threshold never skips
     _, loose = run(tiny_t2v_dir, request_, step_cache_threshold=0.9)
     assert not torch.equal(loose.latents, baseline.latents)
-    assert psnr(loose.frames, baseline.frames) > 20
+    assert psnr_db(loose.frames, baseline.frames) > 20
 
 
 def test_step_cache_resets_between_videos(tiny_t2v_dir, request_) -> None:
