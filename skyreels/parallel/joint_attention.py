@@ -118,11 +118,11 @@ def use_joint_attention(transformer: HunyuanVideoTransformer3DModel, mesh: Devic
 
     Idempotent; a transformer set up for one device may later be given a mesh, but not a second one.
     """
-    current = getattr(transformer, "_skyreels_mesh", False)
-    if current is not False and (mesh is None or mesh is current):
-        return
-    if current not in (False, None):
-        raise RuntimeError("this transformer is already parallelized over another mesh")
+    if hasattr(transformer, "_skyreels_mesh"):  # installed already, over this mesh (or None: one device)
+        if mesh is None or mesh is transformer._skyreels_mesh:
+            return
+        if transformer._skyreels_mesh is not None:
+            raise RuntimeError("this transformer is already parallelized over another mesh")
     if transformer.config.image_condition_type is not None:
         raise NotImplementedError("only SkyReels' channel-concatenated I2V is supported, not token replacement")
     if mesh is not None and transformer.config.num_attention_heads % mesh.ulysses_degree:
