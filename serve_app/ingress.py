@@ -21,6 +21,7 @@ from serve_app.requests import InvalidRequest, decode_data_url, new_job, normali
 from serve_app.runner import JobRunner, QueueFull
 from serve_app.schemas import MODEL_I2V, Job, JobList, JobStatus, VideoCreateParams
 from serve_app.store import JobStore
+from skyreels.validation import describe_errors
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def _not_found(job_id: str) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _on_validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-    return error_response(422, "invalid_request", "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in error.errors()))
+    # loc starts with where the value came from ("body", "query"); the client knows the field by name
+    return error_response(422, "invalid_request", describe_errors(error.errors(), skip_loc=1, whole="body"))
 
 
 # serve.ingress snapshots the module globals: every helper a route uses is defined above.

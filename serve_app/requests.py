@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from serve_app.schemas import MODEL_I2V, MODEL_T2V, Job, VideoCreateParams
 from skyreels.request import GenerationRequest, Task
+from skyreels.validation import describe_validation_error
 
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
 DATA_URL_PATTERN = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.DOTALL)
@@ -96,11 +97,10 @@ def to_generation_request(source: VideoCreateParams | Job, image_png: bytes | No
     )
 
 
+# GenerationRequest fields under the names a submit body gives them.
+BODY_NAMES = {"height": "size", "width": "size", "image": "input_reference", "task": "model"}
+
+
 def validation_message(error: ValidationError) -> str:
     """One line per rule broken, naming the field the client sent."""
-    renamed = {"height": "size", "width": "size", "image": "input_reference", "task": "model"}
-    lines = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"])
-        lines.append(f"{renamed.get(field, field) or 'request'}: {item['msg'].removeprefix('Value error, ')}")
-    return "; ".join(lines)
+    return describe_validation_error(error, rename=BODY_NAMES)
