@@ -18,17 +18,33 @@ READY_TIMEOUT_S = 600
 MIN_LOGICAL_CPUS = 8
 
 
-def start_local(config: AppConfig, host: str = "127.0.0.1", port: int = 8000) -> str:
-    """Starts Ray on this machine and deploys the app; returns its URL."""
+def start_local(config: AppConfig, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False) -> str:
+    """Starts Ray on this machine and deploys the app; returns its URL.
+
+    Unless verbose, Ray and Serve say only warnings and errors (no access log), and every Ray worker
+    drops the third-party notices that skyreels.logs knows.
+    """
     import ray
     from ray import serve
 
+    logger.info("starting Ray and the application on this machine (a minute or so)")
+    serve_logging = None if verbose else {"log_level": "WARNING", "enable_access_log": False}
     # Ray's CPUs are logical: a small laptop still fits every stage of the tiny preset.
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, MIN_LOGICAL_CPUS), include_dashboard=False)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(config), name="skyreels", route_prefix="/", blocking=False)
+    ray.init(
+        address="local",
+        num_cpus=max(os.cpu_count() or 1, MIN_LOGICAL_CPUS),
+        include_dashboard=False,
+        logging_level=logging.INFO if verbose else logging.WARNING,
+        runtime_env=None if verbose else {"worker_process_setup_hook": "skyreels.logs.drop_known_noise"},
+    )
+    if not verbose:
+        # the driver's Serve client announces each start and deployment at INFO
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    serve.start(http_options={"host": host, "port": port}, logging_config=serve_logging)
+    serve.run(build_app(config), name="skyreels", route_prefix="/", blocking=False, logging_config=serve_logging)
     url = f"http://{host}:{port}"
     wait_ready(url)
+    logger.info("the application is ready at %s", url)
     return url
 
 

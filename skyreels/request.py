@@ -35,11 +35,12 @@ class GenerationRequest(BaseModel):
 
     task: Task = Field(Task.T2V, description="t2v (text only) or i2v (image + text).")
     prompt: str = Field(..., min_length=1, max_length=4000, description="What the video shows.")
-    negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, max_length=4000)
+    negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, max_length=4000,
+                                 description="What the video should not show (the CFG negative branch).")
     height: int = Field(544, description=f"Pixels, a multiple of {SIZE_MULTIPLE} in [{MIN_SIZE}, {MAX_SIZE}].")
     width: int = Field(960, description=f"Pixels, a multiple of {SIZE_MULTIPLE} in [{MIN_SIZE}, {MAX_SIZE}].")
     num_frames: int = Field(97, description=f"4k+1 frames, from 1 to {MAX_FRAMES}.")
-    num_inference_steps: int = Field(30, ge=1, le=MAX_STEPS)
+    num_inference_steps: int = Field(30, ge=1, le=MAX_STEPS, description=f"Denoising steps, 1 to {MAX_STEPS}.")
     guidance_scale: float = Field(6.0, ge=1.0, le=20.0, description="True CFG scale; 1.0 turns CFG off.")
     embedded_guidance_scale: float = Field(1.0, ge=1.0, le=20.0, description="Distilled guidance input.")
     seed: int | None = Field(None, description=f"0..{MAX_SEED}; None or -1 picks one at random.")

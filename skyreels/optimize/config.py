@@ -20,7 +20,7 @@ class OptimizeConfig(BaseModel):
         "the activations (per-row scales) so the matmuls run on fp8 tensor cores: faster on Ada/Hopper only.")
     offload: bool = Field(False, description="Model-level offload: each stage's model on the GPU only while it runs.")
     block_offload: bool = Field(
-        False, description="Stream DiT blocks from host memory, one group ahead on a side stream (--parameters_level).")
+        False, description="Stream DiT blocks from host memory, one group ahead on a side stream.")
     high_cpu_memory: bool = Field(False, description="Keep pinned host copies of offloaded weights resident.")
     compile: bool = Field(False, description="torch.compile of the repeated transformer blocks (regional).")
     compile_cache_dir: Path | None = Field(None, description="Inductor cache, reused across processes and restarts.")
