@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from skyreels.models import TINY, ModelPaths, resolve_model
+from skyreels.models import SERVED_MODEL_IDS, TINY, ModelPaths, ServedModel, resolve_model
 from skyreels.optimize import OptimizeConfig
 from skyreels.request import Task
 
@@ -41,10 +41,13 @@ class StageConfig(BaseModel):
         i2v = self.i2v_model or (TINY if self.model == TINY else None)
         return {Task.T2V: self.model} | ({Task.I2V: i2v} if i2v else {})
 
-    def paths(self, task: Task) -> ModelPaths:
-        return resolve_model(self.sources[task], task)
+    @property
+    def served_models(self) -> list[ServedModel]:
+        """The application's model registry."""
+        return [ServedModel(SERVED_MODEL_IDS[task], task, source) for task, source in self.sources.items()]
 
     @property
     def base_paths(self) -> ModelPaths:
         """Text encoders, tokenizers and VAE are the HunyuanVideo base, shared by both tasks."""
-        return self.paths(next(iter(self.sources)))
+        task, source = next(iter(self.sources.items()))
+        return resolve_model(source, task)

@@ -2,9 +2,11 @@
 
 A replica owns a placement group of one bundle for itself plus `gpus_per_replica` bundles of
 {"GPU": 1} (Serve reserves it from `placement_group_bundles`); it starts one `DiTWorker` actor
-in each GPU bundle, joins them into one torch.distributed group and drives them request by
-request. Rank 0 streams step progress and returns the latents. A lost worker poisons the gang:
-the request fails with `GangWorkerDied`, `check_health` fails, and Serve builds a fresh replica.
+in each GPU bundle (each wraps skyreels' Ray-free `GangRank`), joins them into one
+torch.distributed group and sends them commands, request by request: every command goes to the
+ranks it declares, and rank 0 answers. With `decode` on, the gang also decodes its videos (the
+parallel VAE over its ranks) and stores them. A lost worker poisons the gang: the request fails
+with `GangWorkerDied`, `check_health` fails, and Serve builds a fresh replica.
 """
 
 from __future__ import annotations
@@ -12,35 +14,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from typing import Any
 
 import ray
-from ray import serve
 import torch
+from ray import serve
 from ray.exceptions import RayActorError
 from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from deployments.config import StageConfig
 from deployments.errors import GangUnavailable, GangWorkerDied
-from skyreels.parallel.gang import gang_steps
-from skyreels.parallel.group import GroupSpec, free_port, init_group
-from skyreels.parallel.mesh import DeviceMesh, MeshShape
+from skyreels.artifacts import ArtifactStore, StoredVideo, store_video
+from skyreels.gang.commands import Command, Decode, Denoise, ranks_for
+from skyreels.gang.rank import GangRank, RankSpec
+from skyreels.parallel.group import free_port
 from skyreels.progress import StepProgress
+from skyreels.recipe import Denoised
 from skyreels.request import Task
 from skyreels.stages.conditioning import Conditioning, ImageCondition
-from skyreels.stages.denoise import DenoiseParams, DenoiseStage
+from skyreels.stages.denoise import DenoiseParams
 
 logger = logging.getLogger(__name__)
 
 HEALTH_CHECK_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class DenoiseResult:
-    latents: torch.Tensor  # on CPU
-    steps_done: int
 
 
 def gang_bundles(
@@ -52,52 +51,27 @@ def gang_bundles(
 
 
 class DiTWorker:
-    """One rank: loads every served transformer once, then runs the steps it is asked for."""
+    """One rank of the gang as a Ray actor: a thin wrapper around GangRank (Ray shows it one GPU, cuda:0)."""
 
-    def __init__(self, config: StageConfig, rank: int, world_size: int, sequence_batch: bool = False) -> None:
-        self.rank = rank
-        self.sequence_batch = sequence_batch
-        self.world_size = world_size
-        self.device = "cuda:0" if config.device == "cuda" else "cpu"
-        self.stages = {
-            task: DenoiseStage.from_pretrained(
-                paths.transformer, paths.component("scheduler"), device=self.device, dtype=config.torch_dtype,
-                batch_cfg=not sequence_batch, optimize=config.optimize,
-            )
-            for task, paths in ((task, config.paths(task)) for task in config.sources)
-        }
-        self._config = config
-        self._cancel = threading.Event()
+    def __init__(self, spec: RankSpec, rank: int) -> None:
+        self.stop = threading.Event()
+        self.rank = GangRank(spec, rank, cuda_index=0, stop=self.stop)
 
     def rendezvous(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), free_port()
 
-    def join_group(self, master_addr: str, master_port: int) -> None:
-        """Joins the gang's group and splits every served transformer over the mesh."""
-        init_group(GroupSpec(self.rank, self.world_size, master_addr, master_port, self._config.device))
-        heads = next(iter(self.stages.values())).transformer.config.num_attention_heads
-        mesh = DeviceMesh(MeshShape.plan(self.world_size, heads, sequence_batch=self.sequence_batch))
-        for stage in self.stages.values():
-            stage.distribute(mesh)
+    def join(self, master_addr: str, master_port: int) -> None:
+        self.rank.join(master_addr, master_port)
 
     def ping(self) -> int:
-        return self.rank
+        return self.rank.rank
 
     def cancel(self) -> None:
-        self._cancel.set()
+        self.stop.set()
 
-    def denoise(
-        self, task: Task, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None
-    ) -> Iterator[StepProgress | DenoiseResult]:
-        """Streams StepProgress after every step (rank 0 only), then the DenoiseResult (rank 0)."""
-        self._cancel.clear()
-        latents, steps_done = None, 0
-        for progress, latents in gang_steps(self.stages[task], conditioning, params, image, self._cancel.is_set):
-            steps_done = progress.step
-            if self.rank == 0:
-                yield progress
-        if self.rank == 0:
-            yield DenoiseResult(latents=latents.cpu(), steps_done=steps_done)
+    def run(self, command: Command) -> Iterator[Any]:
+        self.stop.clear()
+        yield from self.rank.run(command)
 
 
 class Denoiser:
@@ -108,13 +82,19 @@ class Denoiser:
         worker_cpus: float = 1.0,
         reserve_gpus: bool = True,
         sequence_batch: bool = False,
+        artifact_url: str | None = None,
     ) -> None:
+        """With an `artifact_url` the gang also decodes (decode_to_storage): every rank loads the VAE."""
         placement_group = get_current_placement_group()
         if placement_group is None or len(placement_group.bundle_specs) != gpus_per_replica + 1:
             raise RuntimeError(
                 f"the Denoiser replica needs a placement group of 1 + {gpus_per_replica} bundles "
                 "(build it with serve_app.app.build_app, which sets placement_group_bundles)"
             )
+        self.artifacts = ArtifactStore(artifact_url) if artifact_url is not None else None
+        spec = RankSpec(transformers=config.sources, device=config.device, dtype=config.torch_dtype,
+                        world_size=gpus_per_replica, sequence_batch=sequence_batch, optimize=config.optimize,
+                        decode=self.artifacts is not None)
         worker_class = ray.remote(DiTWorker)
         replica = serve.get_replica_context().replica_id.unique_id
         self.workers = [
@@ -122,38 +102,57 @@ class Denoiser:
                 name=f"DiTWorker:{replica}:{rank}",
                 num_cpus=worker_cpus,
                 num_gpus=1 if reserve_gpus else 0,
-                max_concurrency=2,  # `cancel` must get through while `denoise` runs
+                max_concurrency=2,  # `cancel` must get through while `run` runs
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group, placement_group_bundle_index=rank + 1
                 ),
-            ).remote(config, rank, gpus_per_replica, sequence_batch)
+            ).remote(spec, rank)
             for rank in range(gpus_per_replica)
         ]
         master_addr, master_port = ray.get(self.workers[0].rendezvous.remote())
-        ray.get([worker.join_group.remote(master_addr, master_port) for worker in self.workers])
+        ray.get([worker.join.remote(master_addr, master_port) for worker in self.workers])
         self._dead: str | None = None
         self._lock = asyncio.Lock()
-        logger.info("DiT gang of %d worker(s) ready", gpus_per_replica)
+        logger.info("DiT gang of %d worker(s) ready (decodes: %s)", gpus_per_replica, spec.decode)
 
     async def denoise(
         self, task: Task, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None
-    ) -> AsyncIterator[StepProgress | DenoiseResult]:
-        """Stream of StepProgress, ending with the DenoiseResult (or fewer steps when cancelled)."""
+    ) -> AsyncIterator[StepProgress | Denoised]:
+        """Stream of StepProgress, ending with Denoised (or fewer steps and no Denoised when cancelled)."""
+        async for item in self._run(Denoise(task, conditioning, params, image)):
+            yield item
+
+    async def decode_to_storage(self, job_id: str, latents: torch.Tensor, fps: int) -> StoredVideo:
+        """The VAE tiles shared over the gang's ranks; the video and its thumbnail written as the job's."""
+        if self.artifacts is None:
+            raise RuntimeError("this Denoiser does not decode (the app decodes on the Vae stage)")
+        start = time.perf_counter()
+        frames = [item async for item in self._run(Decode(latents))][0]
+        return await asyncio.to_thread(store_video, self.artifacts, job_id, frames, fps, time.perf_counter() - start)
+
+    async def check_health(self) -> None:
+        if self._dead:
+            raise GangWorkerDied(self._dead)
+        lost = await self._lost_workers()
+        if lost:
+            self._poison(f"DiT worker rank {', '.join(map(str, lost))} is unreachable")
+            raise GangWorkerDied(self._dead)
+
+    async def _run(self, command: Command) -> AsyncIterator[Any]:
+        """Rank 0's answer to `command`, sent to the ranks it declares; one command at a time."""
         async with self._lock:
             if self._dead:
                 raise GangUnavailable(self._dead)
-            streams = [
-                worker.denoise.options(num_returns="streaming").remote(task, conditioning, params, image)
-                for worker in self.workers
-            ]
+            workers = [self.workers[rank] for rank in ranks_for(command, len(self.workers))]
+            streams = [worker.run.options(num_returns="streaming").remote(command) for worker in workers]
             others = asyncio.gather(*(self._drain(stream) for stream in streams[1:]))
             try:
                 async for ref in streams[0]:
                     yield await ref
                 await others
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):
                 # stop at the next step, and keep the gang until every rank has stopped
-                for worker in self.workers:
+                for worker in workers:
                     worker.cancel.remote()
                 await asyncio.shield(asyncio.gather(self._drain(streams[0]), others, return_exceptions=True))
                 raise
@@ -163,16 +162,9 @@ class Denoiser:
                 lost = await self._lost_workers()
                 if not lost and not isinstance(error, RayActorError):
                     raise
-                self._poison(f"a DiT worker died during denoising (rank {', '.join(map(str, lost))}): {error!r}"[:800])
+                self._poison(f"a DiT worker died during {type(command).__name__} (rank "
+                             f"{', '.join(map(str, lost))}): {error!r}"[:800])
                 raise GangWorkerDied(self._dead) from error
-
-    async def check_health(self) -> None:
-        if self._dead:
-            raise GangWorkerDied(self._dead)
-        lost = await self._lost_workers()
-        if lost:
-            self._poison(f"DiT worker rank {', '.join(map(str, lost))} is unreachable")
-            raise GangWorkerDied(self._dead)
 
     async def _lost_workers(self) -> list[int]:
         """Ranks that do not answer a ping."""

@@ -18,8 +18,6 @@ from deployments.denoiser import Denoiser, gang_bundles
 from deployments.text_encoder import MAX_BATCH_SIZE, TextEncoder
 from deployments.vae import Vae
 from serve_app.ingress import VideoIngress
-from serve_app.schemas import MODEL_I2V, MODEL_T2V
-from skyreels.request import Task
 
 
 class AppConfig(StageConfig):
@@ -34,6 +32,10 @@ class AppConfig(StageConfig):
         MAX_BATCH_SIZE, ge=1, description="Prompts a TextEncoder replica encodes in one forward, gathered across "
         "requests. On GPUs a batch's kernels may round differently from a single prompt's; 1 makes every job's "
         "embeddings independent of the jobs beside it.")
+    decode_on: Literal["vae", "gang"] = Field(
+        "vae", description="Which stage decodes the latents: 'vae' (the Vae deployment, one GPU per decode, "
+        "while the gang denoises the next job: the staged layout) or 'gang' (the parallel VAE over the gang's ranks "
+        "right after its steps, as SkyReelsInfer does: the monolithic layout). Same video either way.")
     worker_cpus: float = Field(0.5, gt=0, description="CPUs reserved for each DiT worker.")
     reserve_gpus: bool | None = Field(
         None,
@@ -64,14 +66,16 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     )
     ingress = serve.deployment(VideoIngress, name="VideoIngress",
                                ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=1000)
-    served = [{Task.T2V: MODEL_T2V, Task.I2V: MODEL_I2V}[task] for task in stage_config.sources]
+    decode_on_gang = config.decode_on == "gang"
     return ingress.bind(
         text.bind(stage_config, config.text_batch_size),
-        denoiser.bind(stage_config, config.gpus_per_replica, config.worker_cpus, reserve_gpus, config.sequence_batch),
+        denoiser.bind(stage_config, config.gpus_per_replica, config.worker_cpus, reserve_gpus, config.sequence_batch,
+                      config.artifact_url if decode_on_gang else None),
         vae.bind(stage_config, config.artifact_url),
-        served,
+        stage_config.served_models,
         config.database_path,
         config.artifact_url,
         config.max_queued_jobs,
         config.max_running_jobs,
+        decode_on_gang,
     )

@@ -13,14 +13,16 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from ray import serve
+from PIL import Image
 from starlette.datastructures import UploadFile
 
-from serve_app.artifacts import THUMBNAIL, VIDEO, ArtifactStore
+from skyreels.artifacts import THUMBNAIL, VIDEO, ArtifactStore
 from serve_app.metrics import JobMetrics
-from serve_app.requests import InvalidRequest, decode_data_url, new_job, normalize_image, validation_message
+from serve_app.requests import InvalidRequest, decode_data_url, new_job, read_image, to_png, validation_message
 from serve_app.runner import JobRunner, QueueFull
-from serve_app.schemas import MODEL_I2V, Job, JobList, JobStatus, VideoCreateParams
+from serve_app.schemas import Job, JobList, JobStatus, VideoCreateParams
 from serve_app.store import JobStore
+from skyreels.models import ServedModel
 from skyreels.validation import describe_errors
 
 logger = logging.getLogger(__name__)
@@ -59,11 +61,12 @@ class VideoIngress:
         text_encoder: Any,
         denoiser: Any,
         vae: Any,
-        served_models: list[str],
+        served_models: list[ServedModel],
         database_path: str,
         artifact_url: str,
         max_queued_jobs: int,
         max_running_jobs: int,
+        decode_on_gang: bool = False,
     ) -> None:
         self.served_models = served_models
         self.store = JobStore(database_path)
@@ -72,6 +75,7 @@ class VideoIngress:
         self.runner = JobRunner(
             self.store, self.artifacts, text_encoder, denoiser, vae,
             max_queued_jobs=max_queued_jobs, max_running_jobs=max_running_jobs, metrics=self.metrics,
+            decode_on_gang=decode_on_gang,
         )
         self._started: asyncio.Task | None = None
         try:  # recover interrupted jobs right away when constructed on the event loop
@@ -105,7 +109,7 @@ class VideoIngress:
     @app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [
-            {"id": model, "object": "model", "owned_by": "skywork", "task": "i2v" if model == MODEL_I2V else "t2v"}
+            {"id": model.id, "object": "model", "owned_by": "skywork", "task": model.task.value}
             for model in self.served_models
         ]}
 
@@ -113,9 +117,8 @@ class VideoIngress:
     async def create(self, request: Request) -> JSONResponse:
         await self._runner_started()
         try:
-            params, image_png = await self._read_submit(request)
-            job = new_job(params, image_png, self.served_models)
-            job = await self.runner.submit(job, image_png)
+            params, image = await self._read_submit(request)
+            job = await self._submit(params, image)
         except InvalidRequest as error:
             return error_response(error.status_code, "invalid_request", str(error))
         except QueueFull as error:
@@ -180,12 +183,12 @@ class VideoIngress:
     async def submit_job(self, params: dict[str, Any], input_reference: bytes | None = None) -> dict[str, Any]:
         """Submit without HTTP; raises InvalidRequest or QueueFull like the route answers 4xx."""
         await self._runner_started()
-        image_png = normalize_image(input_reference) if input_reference is not None else None
+        image = read_image(input_reference) if input_reference is not None else None
         try:
-            job = new_job(VideoCreateParams.model_validate(params), image_png, self.served_models)
+            params = VideoCreateParams.model_validate(params)
         except ValidationError as error:
             raise InvalidRequest(validation_message(error)) from error
-        return self._view(await self.runner.submit(job, image_png)).model_dump(mode="json")
+        return self._view(await self._submit(params, image)).model_dump(mode="json")
 
     async def job_status(self, job_id: str) -> dict[str, Any] | None:
         job = self.store.get(job_id)
@@ -204,7 +207,11 @@ class VideoIngress:
                     yield ": keep-alive\n\n"
                     job = self.store.get(job_id)
 
-    async def _read_submit(self, request: Request) -> tuple[VideoCreateParams, bytes | None]:
+    async def _submit(self, params: VideoCreateParams, image: Image.Image | None) -> Job:
+        job, request = new_job(params, image, self.served_models)
+        return await self.runner.submit(job, request, to_png(image) if image is not None else None)
+
+    async def _read_submit(self, request: Request) -> tuple[VideoCreateParams, Image.Image | None]:
         content_type = request.headers.get("content-type", "")
         try:
             if content_type.startswith("multipart/form-data"):
@@ -224,7 +231,7 @@ class VideoIngress:
                 image = decode_data_url(params.input_reference) if params.input_reference else None
         except ValidationError as error:
             raise InvalidRequest(validation_message(error)) from error
-        return params, normalize_image(image) if image is not None else None
+        return params, read_image(image) if image is not None else None
 
     def _view(self, job: Job) -> Job:
         """The job as clients see it: with its live queue position."""

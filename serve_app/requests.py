@@ -11,14 +11,15 @@ import uuid
 from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
-from serve_app.schemas import MODEL_I2V, MODEL_T2V, Job, VideoCreateParams
-from skyreels.request import GenerationRequest, Task
+from serve_app.schemas import SHARED_FIELDS, Job, VideoCreateParams
+from skyreels.models import SERVED_MODEL_IDS, ServedModel
+from skyreels.request import GenerationRequest
 from skyreels.validation import describe_validation_error
 
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
 DATA_URL_PATTERN = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.DOTALL)
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
-TASKS = {MODEL_T2V: Task.T2V, MODEL_I2V: Task.I2V}
+TASKS = {model_id: task for task, model_id in SERVED_MODEL_IDS.items()}
 
 
 class InvalidRequest(ValueError):
@@ -48,51 +49,51 @@ def decode_data_url(data_url: str) -> bytes:
         raise InvalidRequest(f"input_reference is not valid base64 ({error})") from error
 
 
-def normalize_image(data: bytes) -> bytes:
-    """Any image Pillow reads -> PNG bytes of its RGB pixels."""
+def read_image(data: bytes) -> Image.Image:
+    """The RGB pixels of any image Pillow reads."""
     if len(data) > MAX_IMAGE_BYTES:
         raise InvalidRequest(f"input_reference is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
     try:
-        image = Image.open(io.BytesIO(data)).convert("RGB")
+        return Image.open(io.BytesIO(data)).convert("RGB")
     except (UnidentifiedImageError, OSError) as error:
         raise InvalidRequest(f"input_reference is not a readable image ({error})") from error
+
+
+def to_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-# Fields a submit body and a stored job share with GenerationRequest, under the same names.
-SHARED_FIELDS = (
-    "prompt", "negative_prompt", "num_frames", "num_inference_steps",
-    "guidance_scale", "embedded_guidance_scale", "seed", "fps",
-)
-
-
-def new_job(params: VideoCreateParams, image_png: bytes | None, served_models: list[str]) -> Job:
-    """Validates everything known at submit, so nothing fails mid-run for a reason known now."""
-    if params.model not in served_models:
-        raise InvalidRequest(f"unknown model {params.model!r}; available models: {', '.join(served_models)}", 400)
+def new_job(params: VideoCreateParams, image: Image.Image | None,
+            served_models: list[ServedModel]) -> tuple[Job, GenerationRequest]:
+    """Validates everything known at submit, so nothing fails mid-run for a reason known now: the job record
+    and the request it runs (with its seed drawn)."""
+    if params.model not in {model.id for model in served_models}:
+        available = ", ".join(model.id for model in served_models)
+        raise InvalidRequest(f"unknown model {params.model!r}; available models: {available}", 400)
     try:
-        request = to_generation_request(params, image_png)
+        request = to_generation_request(params, image).with_seed()
     except ValidationError as error:
         raise InvalidRequest(validation_message(error)) from error
-    return Job(
+    job = Job(
         id=f"video_{uuid.uuid4().hex}",
         model=params.model,
         size=f"{request.width}x{request.height}",
-        has_input_reference=image_png is not None,
+        has_input_reference=image is not None,
         total_steps=request.num_inference_steps,
-        **request.with_seed().model_dump(include=set(SHARED_FIELDS)),
+        **request.model_dump(include=set(SHARED_FIELDS)),
     )
+    return job, request
 
 
-def to_generation_request(source: VideoCreateParams | Job, image_png: bytes | None) -> GenerationRequest:
+def to_generation_request(source: VideoCreateParams | Job, image: Image.Image | None) -> GenerationRequest:
     height, width = parse_size(source.size)
     return GenerationRequest(
         task=TASKS[source.model],
         height=height,
         width=width,
-        image=Image.open(io.BytesIO(image_png)) if image_png is not None else None,
+        image=image,
         **{name: getattr(source, name) for name in SHARED_FIELDS},
     )
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
-from skyreels.request import DEFAULT_NEGATIVE_PROMPT
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-MODEL_T2V = "skyreels-v1-t2v"
-MODEL_I2V = "skyreels-v1-i2v"
+from skyreels.models import SERVED_MODEL_IDS
+from skyreels.progress import Phase
+from skyreels.request import GenerationRequest, Task
 
 
 class JobStatus(str, Enum):
@@ -25,15 +26,6 @@ class JobStatus(str, Enum):
         return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-class JobPhase(str, Enum):
-    QUEUED = "queued"
-    ENCODING_TEXT = "encoding_text"
-    ENCODING_IMAGE = "encoding_image"
-    DENOISING = "denoising"
-    DECODING = "decoding"
-    DONE = "done"
-
-
 class ErrorCode(str, Enum):
     WORKER_DIED = "worker_died"  # a DiT gang worker was lost mid-run
     STAGE_FAILED = "stage_failed"  # a stage raised
@@ -46,22 +38,32 @@ class JobError(BaseModel):
     message: str
 
 
-class VideoCreateParams(BaseModel):
-    """POST /v1/videos (JSON body, or the form fields of a multipart body)."""
+def _request_field(name: str) -> Any:
+    """A submit field with GenerationRequest's type, default and description: the one vocabulary."""
+    field = GenerationRequest.model_fields[name]
+    return field.annotation, Field(field.default, description=field.description)
 
-    model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(MODEL_T2V, description=f"{MODEL_T2V} or {MODEL_I2V}")
-    prompt: str
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    size: str = Field("960x544", description="WIDTHxHEIGHT, e.g. 960x544, 544x960, 720x720")
-    num_frames: int = 97
-    num_inference_steps: int = 30
-    guidance_scale: float = 6.0
-    embedded_guidance_scale: float = 1.0
-    seed: int | None = Field(None, description="-1 or absent: random; the job reports the seed used")
-    fps: int = 24
-    input_reference: str | None = Field(None, description="I2V first frame as a data URL (JSON bodies)")
+# Fields a submit body and a stored job share with GenerationRequest, under the same names.
+SHARED_FIELDS = (
+    "prompt", "negative_prompt", "num_frames", "num_inference_steps",
+    "guidance_scale", "embedded_guidance_scale", "seed", "fps",
+)
+
+_REQUEST_FIELDS = GenerationRequest.model_fields
+VideoCreateParams = create_model(
+    "VideoCreateParams",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="POST /v1/videos (JSON body, or the form fields of a multipart body). The limits are "
+            "GenerationRequest's; a value outside them is refused with 422 and the rule it broke.",
+    model=(str, Field(SERVED_MODEL_IDS[Task.T2V], description="A model id of GET /v1/models.")),
+    size=(str, Field(f"{_REQUEST_FIELDS['width'].default}x{_REQUEST_FIELDS['height'].default}",
+                     description="WIDTHxHEIGHT, e.g. 960x544, 544x960, 720x720: "
+                                 f"{_REQUEST_FIELDS['width'].description}")),
+    input_reference=(str | None, Field(None, description="I2V first frame as a data URL (JSON bodies), or a "
+                                                         "file (multipart bodies).")),
+    **{name: _request_field(name) for name in SHARED_FIELDS},
+)
 
 
 class Job(BaseModel):
@@ -82,7 +84,7 @@ class Job(BaseModel):
     fps: int
     has_input_reference: bool = False
     progress: int = Field(0, ge=0, le=100)
-    phase: JobPhase = JobPhase.QUEUED
+    phase: Phase = Phase.QUEUED
     current_step: int = 0
     total_steps: int = 0
     queue_position: int | None = None

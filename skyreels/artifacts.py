@@ -9,10 +9,15 @@ import contextlib
 import logging
 import os
 import re
+import time
 import uuid
+from dataclasses import dataclass
 
+import numpy as np
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+
+from skyreels.video import encode_mp4, encode_thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -87,3 +92,18 @@ class ArtifactStore:
             self.fs.rm(self._dir(job_id), recursive=True)
         except FileNotFoundError:
             pass
+
+
+@dataclass(frozen=True)
+class StoredVideo:
+    decode_seconds: float  # VAE decode, by whichever stage decoded
+    mux_seconds: float  # mp4 + thumbnail encode and write
+
+
+def store_video(artifacts: ArtifactStore, job_id: str, frames: np.ndarray, fps: int,
+                decode_seconds: float) -> StoredVideo:
+    """A job's decoded frames as its video and thumbnail artifacts."""
+    start = time.perf_counter()
+    artifacts.put(job_id, VIDEO, encode_mp4(frames, fps))
+    artifacts.put(job_id, THUMBNAIL, encode_thumbnail(frames))
+    return StoredVideo(decode_seconds=decode_seconds, mux_seconds=time.perf_counter() - start)

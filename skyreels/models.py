@@ -27,6 +27,19 @@ HUB_BASE = "hunyuanvideo-community/HunyuanVideo"
 BASE_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler")
 
 
+# The names under which the service offers each task (the API's `model` field).
+SERVED_MODEL_IDS = {Task.T2V: "skyreels-v1-t2v", Task.I2V: "skyreels-v1-i2v"}
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One entry of a service's model registry."""
+
+    id: str  # what clients name in `model`
+    task: Task
+    source: str  # what resolve_model loads: 'tiny', a directory or a Hub id
+
+
 class ModelSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SKYREELS_")
 

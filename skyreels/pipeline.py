@@ -1,42 +1,62 @@
-"""LocalPipeline: the three stages in one process (CLI, tests, and the baseline for Serve)."""
+"""LocalPipeline: the stages in this process (CLI, tests, and the baseline for Serve); GangPipeline: the
+same contract over a local gang of processes. Both run the one recipe (skyreels.recipe)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from skyreels import random_full
+from skyreels.gang.local import LocalGang, LocalGangStages
+from skyreels.gang.rank import RankSpec
 from skyreels.models import ModelPaths, ModelSettings, resolve_model
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.optimize.offload import on_device
-from skyreels.parallel.local import GangSpec, LocalGang
 from skyreels.parallel.mesh import MeshShape
-from skyreels.progress import StepCallback
+from skyreels.progress import StepCallback, StepProgress
 from skyreels.random_full import RANDOM_FULL
+from skyreels.recipe import Denoised, Phase, Progress, Stages, generate, run_sync
 from skyreels.request import GenerationRequest, Task
+from skyreels.result import GenerationResult
+from skyreels.runtime import configure_process
+from skyreels.stages.conditioning import Conditioning, ImageCondition
 from skyreels.stages.denoise import DenoiseParams, DenoiseStage
 from skyreels.stages.text import PromptEncoder, TextEncoderStage
 from skyreels.stages.vae import VaeStage
-from skyreels.result import GenerationResult
-from skyreels.timing import timed
 
 logger = logging.getLogger(__name__)
 
 
 class VideoGenerator(ABC):
-    """What the CLI and Serve's baseline call: one video per request, or several from one."""
+    """One video per request, or several from one; where the stages run is the subclass's."""
 
     task: Task
 
     @abstractmethod
+    def stages(self) -> Stages[np.ndarray]:
+        """The recipe's stages, decoding to frames."""
+
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
-        ...
+        """`on_step` is called after every denoising step; raising GenerationCancelled in it stops the run."""
+        if request.task is not self.task:
+            raise ValueError(f"this pipeline runs {self.task.value}; the request is {request.task.value}")
+        request = request.with_seed()
+
+        def report(progress: Progress) -> None:
+            if on_step is not None and progress.phase is Phase.DENOISING and progress.step:
+                on_step(StepProgress(progress.step, progress.total_steps))
+
+        generated = run_sync(generate(request, self.stages(), report))
+        logger.debug("generated seed %d in %s", request.seed, {k: round(v, 3) for k, v in generated.timings.items()})
+        return GenerationResult(frames=generated.output, seed=request.seed, fps=request.fps,
+                                timings=generated.timings, latents=generated.latents)
 
     def generate_videos(
         self, request: GenerationRequest, video_num: int, on_step: StepCallback | None = None
@@ -52,7 +72,7 @@ class VideoGenerator(ABC):
 
 
 class LocalPipeline(VideoGenerator):
-    """Text encoder, DiT and VAE of one task, loaded once, run in order for each request."""
+    """Text encoder, DiT and VAE of one task, loaded once in this process, run in order for each request."""
 
     def __init__(
         self,
@@ -84,17 +104,22 @@ class LocalPipeline(VideoGenerator):
         settings: ModelSettings | None = None,
         optimize: OptimizeConfig | None = None,
     ) -> VideoGenerator:
-        """The stages in this process; with gpu_num > 1, a GangPipeline of that many processes."""
+        """The stages in this process; with gpu_num > 1, a GangPipeline of that many processes.
+
+        The library's entry point: it applies the process-wide torch settings of `optimize` (skyreels.runtime).
+        """
         task = Task(task)
         optimize = optimize or OptimizeConfig()
+        settings = settings or ModelSettings()
         dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
         if gpu_num > 1:
-            device_type = torch.device(device).type
-            spec = GangSpec(str(source), task, device_type, dtype, gpu_num, sequence_batch,
-                            settings or ModelSettings(), optimize)
-            MeshShape.plan(gpu_num, num_heads=_heads(resolve_model(str(source), task, spec.settings)),
+            MeshShape.plan(gpu_num, num_heads=_heads(resolve_model(str(source), task, settings)),
                            sequence_batch=sequence_batch)  # refuse a bad gpu_num before spawning
+            spec = RankSpec(transformers={task: str(source)}, device=torch.device(device).type, dtype=dtype,
+                            world_size=gpu_num, sequence_batch=sequence_batch, optimize=optimize, settings=settings,
+                            encode_text=True, decode=True)
             return GangPipeline(task, LocalGang(spec))
+        configure_process(optimize)
         if source == RANDOM_FULL:
             return cls._random_full(task, device, dtype, sequence_batch, optimize)
         paths = resolve_model(str(source), task, settings)
@@ -125,28 +150,40 @@ class LocalPipeline(VideoGenerator):
             vae=VaeStage(random_full.random_vae(device, dtype)),
         )
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
-        request = _checked(request, self.task)
-        params = DenoiseParams.from_request(request)
-        timings: dict[str, float] = {}
-        with timed(timings, "text"), self._visiting(self.text):
-            negative = request.negative_prompt if request.uses_true_cfg else None
-            conditioning = self.text.encode(request.prompt, negative)
-        image = None
-        if request.image is not None:
-            with timed(timings, "image_encode"), self._visiting(self.vae):
-                image = self.vae.encode_image(request.image, request.height, request.width, params.seed)
-        with timed(timings, "denoise"), self._visiting(self.denoise):
-            latents = self.denoise.denoise(conditioning, params, image=image, on_step=on_step)
-        with timed(timings, "decode"), self._visiting(self.vae):
-            frames = self.vae.decode(latents)
-        logger.info("generated seed %d in %s", params.seed, {k: round(v, 3) for k, v in timings.items()})
-        return GenerationResult(frames=frames, seed=params.seed, fps=request.fps, timings=timings, latents=latents.cpu())
+    def stages(self) -> InProcessStages:
+        return InProcessStages(self)
 
+
+class InProcessStages:
+    """The recipe's stages as plain calls on the pipeline's models."""
+
+    def __init__(self, pipeline: LocalPipeline) -> None:
+        self.pipeline = pipeline
+
+    async def encode_text(self, prompt: str, negative_prompt: str | None) -> Conditioning:
+        with self._visiting(self.pipeline.text):
+            return self.pipeline.text.encode(prompt, negative_prompt)
+
+    async def encode_image(self, request: GenerationRequest) -> ImageCondition:
+        with self._visiting(self.pipeline.vae):
+            return self.pipeline.vae.encode_image(request.image, request.height, request.width, request.seed)
+
+    async def denoise(self, task: Task, conditioning: Conditioning, params: DenoiseParams,
+                      image: ImageCondition | None) -> AsyncIterator[StepProgress | Denoised]:
+        latents = None
+        with self._visiting(self.pipeline.denoise):
+            for progress, latents in self.pipeline.denoise.steps(conditioning, params, image):
+                yield progress
+        yield Denoised(latents.cpu())
+
+    async def decode(self, latents: torch.Tensor, request: GenerationRequest) -> np.ndarray:
+        with self._visiting(self.pipeline.vae):
+            return self.pipeline.vae.decode(latents)
 
     def _visiting(self, stage: PromptEncoder | DenoiseStage | VaeStage) -> AbstractContextManager:
         """The stage's models on the accelerator for the block (only with model-level offload)."""
-        return on_device(self.offload_to, *stage.models()) if self.offload_to is not None else nullcontext()
+        offload_to = self.pipeline.offload_to
+        return on_device(offload_to, *stage.models()) if offload_to is not None else nullcontext()
 
 
 class GangPipeline(VideoGenerator):
@@ -156,22 +193,11 @@ class GangPipeline(VideoGenerator):
         self.task = task
         self.gang = gang
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
-        request = _checked(request, self.task)
-        timings: dict[str, float] = {}
-        with timed(timings, "total"):
-            result = self.gang.generate(request, on_step)
-        result.timings.update(timings)
-        return result
+    def stages(self) -> LocalGangStages:
+        return LocalGangStages(self.gang)
 
     def close(self) -> None:
         self.gang.close()
-
-
-def _checked(request: GenerationRequest, task: Task) -> GenerationRequest:
-    if request.task is not task:
-        raise ValueError(f"this pipeline runs {task.value}; the request is {request.task.value}")
-    return request.with_seed()
 
 
 def _heads(paths: ModelPaths) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 
 @dataclass(frozen=True)
@@ -17,3 +18,38 @@ StepCallback = Callable[[StepProgress], None]
 
 class GenerationCancelled(Exception):
     """Raised by a step callback to stop a generation between two denoising steps."""
+
+
+class Phase(str, Enum):
+    QUEUED = "queued"
+    ENCODING_TEXT = "encoding_text"
+    ENCODING_IMAGE = "encoding_image"
+    DENOISING = "denoising"
+    DECODING = "decoding"
+    DONE = "done"
+
+
+# Where each phase starts on a 0-100 progress bar; the denoising steps fill the span up to decoding.
+PHASE_PERCENT = {Phase.QUEUED: 0, Phase.ENCODING_TEXT: 1, Phase.ENCODING_IMAGE: 3, Phase.DENOISING: 5,
+                 Phase.DECODING: 90, Phase.DONE: 100}
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: Phase
+    percent: int
+    step: int = 0  # denoising steps done
+    total_steps: int = 0
+
+    @classmethod
+    def entering(cls, phase: Phase, total_steps: int) -> Progress:
+        step = total_steps if phase in (Phase.DECODING, Phase.DONE) else 0
+        return cls(phase, PHASE_PERCENT[phase], step, total_steps)
+
+    @classmethod
+    def denoised(cls, step: StepProgress) -> Progress:
+        start, end = PHASE_PERCENT[Phase.DENOISING], PHASE_PERCENT[Phase.DECODING]
+        return cls(Phase.DENOISING, start + (end - start) * step.step // step.total, step.step, step.total)
+
+
+ProgressCallback = Callable[[Progress], None]

@@ -4,7 +4,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from serve_app.artifacts import INPUT_IMAGE, THUMBNAIL, VIDEO, ArtifactStore
+from skyreels.artifacts import INPUT_IMAGE, THUMBNAIL, VIDEO, ArtifactStore
 
 
 @pytest.fixture(params=["local", "memory"])

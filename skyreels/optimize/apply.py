@@ -36,7 +36,7 @@ def prepare_transformer(
     elif not config.offload:
         transformer.to(device)
     if config.compile:
-        compile_blocks(transformer, config.compile_cache_dir)
+        compile_blocks(transformer)
 
 
 def prepare_text_encoder(llama: nn.Module, config: OptimizeConfig, device: torch.device) -> None:

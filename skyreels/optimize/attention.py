@@ -6,10 +6,10 @@ import logging
 from typing import get_args
 
 import torch
-from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
 from torch import nn
 
 from skyreels.optimize.config import AttentionBackend
+from skyreels.upstream import check_attention_backend
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def unusable_reason(backend: str, device: torch.device) -> str | None:
     if device.type != "cuda":
         return f"it runs on CUDA GPUs only, not {device.type}"
     try:
-        _check_attention_backend_requirements(AttentionBackendName(backend))
+        check_attention_backend(backend)
     except RuntimeError as error:
         return str(error)
     return None

@@ -14,12 +14,13 @@ import logging
 
 import torch
 import torch.distributed as dist
-from diffusers.hooks import FirstBlockCacheConfig, HookRegistry
-from diffusers.hooks.first_block_cache import _FBC_LEADER_BLOCK_HOOK, FBCHeadBlockHook
 from torch import nn
 
 from skyreels.parallel.joint_attention import JointTokens
 from skyreels.parallel.mesh import DeviceMesh
+from skyreels.upstream import (
+    FBC_LEADER_HOOK, FBCHeadBlockHook, FirstBlockCacheConfig, HookRegistry, hook_argument, hook_registry,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,8 @@ class GangFirstBlockHook(FBCHeadBlockHook):
 
     def _local_video_rows(self, args: tuple, kwargs: dict) -> torch.Tensor:
         """1 for this rank's real video tokens, 0 for the Ulysses pad (see skyreels.parallel.joint_attention)."""
-        hidden_states = self._metadata._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
-        tokens: JointTokens = self._metadata._get_parameter_from_args_kwargs("attention_mask", args, kwargs)
+        hidden_states = hook_argument(self, "hidden_states", args, kwargs)
+        tokens: JointTokens = hook_argument(self, "attention_mask", args, kwargs)
         shard = hidden_states.shape[1]
         start = self.mesh.ulysses_rank * shard
         rows = torch.arange(start, start + shard, device=hidden_states.device) < tokens.video
@@ -72,9 +73,9 @@ class GangFirstBlockHook(FBCHeadBlockHook):
 def enable_step_cache(transformer: nn.Module, threshold: float) -> None:
     transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
     registry = _head_block_registry(transformer)
-    local = registry.get_hook(_FBC_LEADER_BLOCK_HOOK)
-    registry.remove_hook(_FBC_LEADER_BLOCK_HOOK, recurse=False)
-    registry.register_hook(GangFirstBlockHook(local.state_manager, threshold), _FBC_LEADER_BLOCK_HOOK)
+    local = registry.get_hook(FBC_LEADER_HOOK)
+    registry.remove_hook(FBC_LEADER_HOOK, recurse=False)
+    registry.register_hook(GangFirstBlockHook(local.state_manager, threshold), FBC_LEADER_HOOK)
 
 
 def share_step_cache_decisions(transformer: nn.Module, mesh: DeviceMesh) -> None:
@@ -90,12 +91,12 @@ def log_step_cache_use(transformer: nn.Module) -> None:
 
 def step_cache_hook(transformer: nn.Module) -> GangFirstBlockHook:
     """The hook that decides: its `threshold` may be changed between videos; `skips` / `forwards` count the last."""
-    return _head_block_registry(transformer).get_hook(_FBC_LEADER_BLOCK_HOOK)
+    return _head_block_registry(transformer).get_hook(FBC_LEADER_HOOK)
 
 
 def _head_block_registry(transformer: nn.Module) -> HookRegistry:
     for module in transformer.modules():
-        registry = getattr(module, "_diffusers_hook", None)
-        if registry is not None and registry.get_hook(_FBC_LEADER_BLOCK_HOOK) is not None:
+        registry = hook_registry(module)
+        if registry is not None and registry.get_hook(FBC_LEADER_HOOK) is not None:
             return registry
     raise ValueError("the step cache is not enabled on this transformer")

@@ -19,18 +19,16 @@ floating-point reassociation:
 
 from __future__ import annotations
 
-import types
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers import HunyuanVideoTransformer3DModel
-from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from skyreels.parallel.collectives import all_gather_cat, heads_to_sequence, sequence_to_heads
 from skyreels.parallel.mesh import DeviceMesh
+from skyreels.upstream import Transformer2DModelOutput, apply_rotary_emb, dispatch_attention_fn
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,7 @@ class JointAttnProcessor:
     _attention_backend = None  # set by transformer.set_attention_backend (flash, sage, ...)
 
     def __init__(self, mesh: DeviceMesh | None = None) -> None:
+        self.mesh_given = mesh
         self.mesh = mesh if mesh is not None and mesh.ulysses_degree > 1 else None
 
     def __call__(
@@ -118,23 +117,29 @@ def use_joint_attention(transformer: HunyuanVideoTransformer3DModel, mesh: Devic
 
     Idempotent; a transformer set up for one device may later be given a mesh, but not a second one.
     """
-    if hasattr(transformer, "_skyreels_mesh"):  # installed already, over this mesh (or None: one device)
-        if mesh is None or mesh is transformer._skyreels_mesh:
+    installed = joint_attention_processor(transformer)
+    if installed is not None:  # over this mesh (or none: one device) already
+        if mesh is None or mesh is installed.mesh_given:
             return
-        if transformer._skyreels_mesh is not None:
+        if installed.mesh_given is not None:
             raise RuntimeError("this transformer is already parallelized over another mesh")
     if transformer.config.image_condition_type is not None:
         raise NotImplementedError("only SkyReels' channel-concatenated I2V is supported, not token replacement")
     if mesh is not None and transformer.config.num_attention_heads % mesh.ulysses_degree:
         raise ValueError(f"Ulysses degree {mesh.ulysses_degree} does not divide the "
                          f"{transformer.config.num_attention_heads} heads")
-    transformer._skyreels_mesh = mesh
     processor = JointAttnProcessor(mesh)
     # keep the kernel chosen by set_attention_backend, if it was called before
     processor._attention_backend = getattr(transformer.transformer_blocks[0].attn.processor, "_attention_backend", None)
     for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
         block.attn.set_processor(processor)
-    transformer.forward = types.MethodType(_joint_forward, transformer)
+    transformer.forward = functools.partial(_joint_forward, transformer, mesh)
+
+
+def joint_attention_processor(transformer: HunyuanVideoTransformer3DModel) -> JointAttnProcessor | None:
+    """The joint processor installed on `transformer`, if any."""
+    processor = transformer.transformer_blocks[0].attn.processor
+    return processor if isinstance(processor, JointAttnProcessor) else None
 
 
 def drop_text_padding(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -148,6 +153,7 @@ def drop_text_padding(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
 @torch.inference_mode()
 def _joint_forward(
     self: HunyuanVideoTransformer3DModel,
+    mesh: DeviceMesh | None,
     hidden_states: torch.Tensor,
     timestep: torch.Tensor,
     encoder_hidden_states: torch.Tensor,
@@ -158,7 +164,6 @@ def _joint_forward(
     return_dict: bool = True,
 ):
     """diffusers' forward, with the prompt padding dropped and the video tokens sharded over the mesh."""
-    mesh: DeviceMesh | None = self._skyreels_mesh
     degree, rank = (mesh.ulysses_degree, mesh.ulysses_rank) if mesh is not None else (1, 0)
     batch, _, frames, height, width = hidden_states.shape
     p, p_t = self.config.patch_size, self.config.patch_size_t

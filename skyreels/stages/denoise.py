@@ -20,6 +20,7 @@ from skyreels.parallel.mesh import DeviceMesh
 from skyreels.progress import StepCallback, StepProgress
 from skyreels.request import GenerationRequest
 from skyreels.stages.conditioning import Conditioning, ImageCondition, PromptEmbeds
+from skyreels.upstream import reset_step_cache
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ class DenoiseStage:
         scheduler.set_begin_index(0)
 
         if self.transformer.is_cache_enabled:
-            self.transformer._reset_stateful_cache()  # the cache compares steps of this video only
+            reset_step_cache(self.transformer)  # the cache compares steps of this video only
         latents = self.initial_noise(params, image).to(self.device)
         image_latents = self._padded_image_latents(image, params) if image is not None else None
         conditioning = conditioning.to(self.device, self.dtype)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 from cachetools import LRUCache
-from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 from transformers import AutoTokenizer, CLIPTextModel, LlamaModel, PreTrainedTokenizerBase
 
 from skyreels.optimize.apply import prepare_text_encoder
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.stages.conditioning import Conditioning, PromptEmbeds
+from skyreels.upstream import DEFAULT_PROMPT_TEMPLATE
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,9 @@ import torch
 from skyreels import GenerationRequest, LocalPipeline
 from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.attention import usable_backend
-from skyreels.optimize.compile import RECOMPILE_LIMIT
+from skyreels import pipeline as pipeline_module
+from skyreels.runtime import RECOMPILE_LIMIT
+from skyreels.upstream import hook_registry
 from skyreels.optimize.quant import resolve_mode
 from skyreels.quality import psnr_db
 
@@ -58,11 +60,23 @@ def test_fp8_dynamic_refused_without_fp8_tensor_cores(tiny_t2v_dir) -> None:
 
 @pytest.mark.parametrize("options", [{"offload": True}, {"block_offload": True}, {"block_offload": True,
                                                                                     "high_cpu_memory": True}])
-def test_offload_is_lossless(tiny_t2v_dir, request_, baseline, options) -> None:
+def test_offload_is_lossless(tiny_t2v_dir, request_, baseline, options, monkeypatch) -> None:
+    visits: list[str] = []
+    real_on_device = pipeline_module.on_device
+
+    def recording_on_device(device, *models):
+        visits.append(type(models[0]).__name__)
+        return real_on_device(device, *models)
+
+    monkeypatch.setattr(pipeline_module, "on_device", recording_on_device)
     pipe, result = run(tiny_t2v_dir, request_, **options)
     assert torch.equal(result.latents, baseline.latents)
     assert np.array_equal(result.frames, baseline.frames)
-    assert all(p.device.type == "cpu" for p in pipe.denoise.transformer.parameters())
+    if options.get("offload"):  # each stage's models visited the device for their stage only, in recipe order
+        assert visits == ["LlamaModel", "HunyuanVideoTransformer3DModel", "AutoencoderKLHunyuanVideo"]
+    else:  # the blocks stream through diffusers' group-offloading hooks
+        assert visits == []
+        assert all(hook_registry(block) is not None for block in pipe.denoise.transformer.transformer_blocks)
 
 
 @pytest.mark.parametrize("backend", ["sage", "_native_cudnn", "flash", "_flash_3"])

@@ -92,12 +92,13 @@ def test_installing_twice_is_harmless_and_a_second_mesh_is_refused(transformers)
     forward = ours.forward
     use_joint_attention(ours)
     assert ours.forward == forward
-    ours._skyreels_mesh = object()  # as if parallelized over a mesh
+    processor = joint_attention.joint_attention_processor(ours)
+    processor.mesh_given = object()  # as if parallelized over a mesh
     try:
         with pytest.raises(RuntimeError, match="already parallelized over another mesh"):
             use_joint_attention(ours, mesh=object())
     finally:
-        ours._skyreels_mesh = None
+        processor.mesh_given = None
 
 
 def _sharded_forward(rank: int, transformer_dir: str, arguments: dict, degree: int) -> tuple[torch.Tensor, list]:

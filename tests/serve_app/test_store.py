@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.schemas import ErrorCode, Job, JobError, JobPhase, JobStatus
+from serve_app.schemas import ErrorCode, Job, JobError, JobStatus
+from skyreels.progress import Phase
 from serve_app.store import JobStore
 
 
@@ -65,7 +66,7 @@ def test_update_persists_and_revalidates(store: JobStore):
     updated = store.update(
         "a",
         status="in_progress",
-        phase=JobPhase.DENOISING,
+        phase=Phase.DENOISING,
         current_step=3,
         total_steps=30,
         error={"code": "stage_failed", "message": "boom"},

@@ -45,5 +45,14 @@ def test_cfg_needs_negative(t2v_pipeline: LocalPipeline, t2v_request: Generation
 
 
 def test_without_cfg_runs_one_branch(t2v_pipeline: LocalPipeline, t2v_request: GenerationRequest) -> None:
-    result = t2v_pipeline.generate(t2v_request.model_copy(update={"guidance_scale": 1.0}))
-    assert result.frames.shape == (9, 64, 64, 3)
+    batches: list[int] = []
+    hook = t2v_pipeline.denoise.transformer.register_forward_pre_hook(
+        lambda _, args, kwargs: batches.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
+    try:
+        t2v_pipeline.generate(t2v_request.model_copy(update={"guidance_scale": 1.0}))
+        assert batches == [1] * 4  # one forward per step, the positive branch alone
+        batches.clear()
+        t2v_pipeline.generate(t2v_request)
+        assert batches == [2] * 4  # CFG: both branches batched
+    finally:
+        hook.remove()

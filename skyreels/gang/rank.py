@@ -1,0 +1,126 @@
+"""One rank of a DiT gang, Ray-free: load the stages it needs, join the group, plan the mesh, run commands.
+
+The local gang's processes and the Serve app's DiT worker actors are thin wrappers around `GangRank`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from skyreels.gang.commands import Command, Decode, Denoise, EncodeImage, EncodeText, RunsOn
+from skyreels.models import ModelSettings, resolve_model
+from skyreels.optimize.config import OptimizeConfig
+from skyreels.parallel.group import GroupSpec, any_rank, destroy_group, init_group
+from skyreels.parallel.mesh import DeviceMesh, MeshShape
+from skyreels.recipe import Denoised
+from skyreels.request import Task
+from skyreels.runtime import configure_process
+from skyreels.stages.denoise import DenoiseStage
+from skyreels.stages.text import TextEncoderStage
+from skyreels.stages.vae import VaeStage
+
+logger = logging.getLogger(__name__)
+
+
+class StopFlag(Protocol):
+    """threading.Event in an actor, multiprocessing's Event across the local gang's processes."""
+
+    def is_set(self) -> bool: ...
+
+    def clear(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """What every rank of one gang loads, and where."""
+
+    transformers: dict[Task, str]  # model source of each task the gang serves
+    device: str  # "cpu" or "cuda"
+    dtype: torch.dtype
+    world_size: int
+    sequence_batch: bool = False
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+    settings: ModelSettings = field(default_factory=ModelSettings)
+    encode_text: bool = False  # rank 0 holds the text encoders (and encodes the I2V image when it decodes)
+    decode: bool = False  # every rank holds the VAE and decodes its share of the tiles
+
+
+class GangRank:
+    def __init__(self, spec: RankSpec, rank: int, cuda_index: int = 0, stop: StopFlag | None = None) -> None:
+        configure_process(spec.optimize)
+        self.spec, self.rank = spec, rank
+        self.cuda_index = cuda_index  # Ray shows each worker one GPU (0); a local gang uses GPU `rank`
+        self.device = f"cuda:{cuda_index}" if spec.device == "cuda" else "cpu"
+        self.stop = stop or threading.Event()
+        paths = {task: resolve_model(source, task, spec.settings) for task, source in spec.transformers.items()}
+        self.denoisers = {
+            task: DenoiseStage.from_pretrained(
+                task_paths.transformer, task_paths.component("scheduler"), device=self.device, dtype=spec.dtype,
+                batch_cfg=not spec.sequence_batch, optimize=spec.optimize)
+            for task, task_paths in paths.items()
+        }
+        base = next(iter(paths.values()))  # text encoders and VAE are the HunyuanVideo base of every task
+        self.text = TextEncoderStage.from_pretrained(base.base, device=self.device, dtype=spec.dtype,
+                                                     optimize=spec.optimize) \
+            if spec.encode_text and self.is_main else None
+        self.vae = VaeStage.from_pretrained(base.component("vae"), device=self.device, dtype=spec.dtype) \
+            if spec.decode else None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def join(self, master_addr: str, master_port: int) -> None:
+        """Joins the gang's group (every rank must call it) and splits every transformer over the mesh."""
+        init_group(GroupSpec(self.rank, self.spec.world_size, master_addr, master_port, self.spec.device,
+                             cuda_index=self.cuda_index))
+        heads = next(iter(self.denoisers.values())).transformer.config.num_attention_heads
+        mesh = DeviceMesh(MeshShape.plan(self.spec.world_size, heads, sequence_batch=self.spec.sequence_batch))
+        for stage in self.denoisers.values():
+            stage.distribute(mesh)
+
+    def run(self, command: Command) -> Iterator[Any]:
+        """This rank's part of `command`. Rank 0 yields the answer (one item, or the Denoise stream); the other
+        ranks yield nothing."""
+        if command.runs_on is RunsOn.MAIN_RANK and not self.is_main:
+            raise RuntimeError(f"{type(command).__name__} runs on the main rank only")
+        match command:
+            case EncodeText(prompt=prompt, negative_prompt=negative):
+                # tensors travel pickled: hand them over in host memory
+                conditioning = self._stage(self.text, "text encoders").encode(prompt, negative)
+                yield conditioning.to("cpu", conditioning.positive.embeds.dtype)
+            case EncodeImage(image=image, height=height, width=width, seed=seed):
+                yield self._stage(self.vae, "VAE").encode_image(image, height, width, seed).to_cpu()
+            case Denoise():
+                yield from self._denoise(command)
+            case Decode(latents=latents):
+                frames = self._stage(self.vae, "VAE").decode_parallel(latents)
+                if self.is_main:
+                    yield frames
+
+    def _denoise(self, command: Denoise) -> Iterator[Any]:
+        """Every rank runs the steps; after each one the ranks agree whether any was asked to stop, so that
+        they stop together and none is left waiting in a collective. The driver clears the stop flag."""
+        stage = self.denoisers[command.task]
+        latents = None
+        for progress, latents in stage.steps(command.conditioning, command.params, command.image):
+            if self.is_main:
+                yield progress
+            if progress.step < progress.total and any_rank(self.stop.is_set(), stage.device):
+                return
+        if self.is_main:
+            yield Denoised(latents.cpu())
+
+    def _stage(self, stage: Any, name: str) -> Any:
+        if stage is None:
+            raise RuntimeError(f"this gang was built without the {name} (RankSpec)")
+        return stage
+
+    def close(self) -> None:
+        destroy_group()

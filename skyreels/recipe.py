@@ -1,0 +1,106 @@
+"""The generation recipe, stated once: the order of the stages, the CFG rule, timings and progress.
+
+`LocalPipeline` (stages in this process), the local gang (stages on rank processes) and the Serve job
+runner (stages behind Serve handles) each supply a `Stages`; `generate` runs the recipe over them.
+The core is async because Serve's stages are; `run_sync` drives it from plain code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import torch
+
+from skyreels.progress import Phase, Progress, ProgressCallback, StepProgress
+from skyreels.request import GenerationRequest, Task
+from skyreels.stages.conditioning import Conditioning, ImageCondition
+from skyreels.stages.denoise import DenoiseParams
+from skyreels.timing import timed
+
+Output = TypeVar("Output")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class Denoised:
+    """The last item of a denoise stream: the denoised latents (1, C, T', h, w), float32, on the CPU."""
+
+    latents: torch.Tensor
+
+
+class Stages(Protocol[Output]):
+    """What the recipe asks of wherever the stages run. Each call may suspend (a Serve handle, a rank)."""
+
+    async def encode_text(self, prompt: str, negative_prompt: str | None) -> Conditioning: ...
+
+    async def encode_image(self, request: GenerationRequest) -> ImageCondition: ...
+
+    def denoise(self, task: Task, conditioning: Conditioning, params: DenoiseParams,
+                image: ImageCondition | None) -> AsyncIterator[StepProgress | Denoised]:
+        """StepProgress after every step, then Denoised. Closing the stream early stops the steps."""
+        ...
+
+    async def decode(self, latents: torch.Tensor, request: GenerationRequest) -> Output: ...
+
+
+@dataclass
+class Generated(Generic[Output]):
+    output: Output  # what the decode stage made: frames, or a stored video
+    latents: torch.Tensor
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+async def generate(request: GenerationRequest, stages: Stages[Output],
+                   on_progress: ProgressCallback | None = None) -> Generated[Output]:
+    """One video: text -> (image) -> denoise -> decode. The request's seed must be resolved (`with_seed`).
+
+    Cancelling the task, or an `on_progress` that raises, stops the run between two denoising steps.
+    """
+    params = DenoiseParams.from_request(request)
+    report = on_progress or (lambda _: None)
+    timings: dict[str, float] = {}
+
+    report(Progress.entering(Phase.ENCODING_TEXT, params.num_inference_steps))
+    with timed(timings, "text_encode"):
+        # true CFG (guidance > 1) runs a negative branch; without it the negative prompt is not even encoded
+        negative = request.negative_prompt if request.uses_true_cfg else None
+        conditioning = await stages.encode_text(request.prompt, negative)
+
+    image = None
+    if request.image is not None:
+        report(Progress.entering(Phase.ENCODING_IMAGE, params.num_inference_steps))
+        with timed(timings, "image_encode"):
+            image = await stages.encode_image(request)
+
+    report(Progress.entering(Phase.DENOISING, params.num_inference_steps))
+    denoised = None
+    with timed(timings, "denoise"):
+        async with aclosing(stages.denoise(request.task, conditioning, params, image)) as events:
+            async for event in events:
+                if isinstance(event, StepProgress):
+                    report(Progress.denoised(event))
+                else:
+                    denoised = event
+    if denoised is None:
+        raise RuntimeError("the denoise stage ended without latents")
+
+    report(Progress.entering(Phase.DECODING, params.num_inference_steps))
+    with timed(timings, "decode"):
+        output = await stages.decode(denoised.latents, request)
+    return Generated(output=output, latents=denoised.latents, timings=timings)
+
+
+def run_sync(coroutine: Coroutine[Any, Any, Result]) -> Result:
+    """Runs `coroutine` to its end from plain code, also where this thread already runs an event loop
+    (a notebook): then on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
