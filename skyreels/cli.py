@@ -21,7 +21,7 @@ from skyreels.optimize.config import OptimizeConfig, QuantMode
 from skyreels.request import GenerationRequest, Task
 from skyreels.validation import describe_validation_error
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("skyreels.cli")  # also under `python -m skyreels.cli`
 
 # Each entry point names a callable that takes the subparsers and adds its commands; a command sets
 # `run` (args -> exit code) as a parser default.
@@ -162,6 +162,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from skyreels.pipeline import LocalPipeline
 
@@ -187,8 +188,9 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     out_dir = Path("results") / args.outdir
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=args.video_num * request.num_inference_steps, unit="step", desc="denoising") as bar, \
-            closing(pipe):
+    # log lines go above the bar instead of onto its line
+    with logging_redirect_tqdm(), closing(pipe), \
+            tqdm(total=args.video_num * request.num_inference_steps, unit="step", desc="denoising") as bar:
         for index, result in enumerate(
             pipe.generate_videos(request, args.video_num, on_step=lambda _: bar.update())
         ):

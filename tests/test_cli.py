@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +11,9 @@ import imageio.v3 as iio
 import pytest
 from PIL import Image
 
-from skyreels.cli import main
+from skyreels.cli import OPTIMIZE_FLAGS, REQUEST_FLAGS, main
+from skyreels.logs import QUIET_ENVIRONMENT, configure_logging
+from skyreels.request import GenerationRequest
 from tests_support import assert_same_video
 
 SMALL = ["--height", "64", "--width", "64", "--num_frames", "9", "--num_inference_steps", "2"]
@@ -41,7 +46,95 @@ def test_i2v_from_an_image_file(in_tmp: Path) -> None:
 
 def test_invalid_request_exits_2_with_the_rule(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["generate", "--prompt", "x", "--num_frames", "10"]) == 2
-    assert "num_frames must be 4k+1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--num_frames: num_frames must be 4k+1" in err
+    assert "Value error" not in err
+
+
+def test_refusals_name_the_flag_typed(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["generate", "--prompt", "x", "--task_type", "i2v", "--step_cache_threshold", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "skyreels: invalid request: request: task i2v requires an image (the first frame to animate)")
+    assert main(["generate", "--prompt", "x", "--step_cache_threshold", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skyreels: invalid request: --step_cache_threshold: Input should be less than or equal to 1")
+
+
+def _option_help(command: list[str], capsys: pytest.CaptureFixture) -> dict[str, str]:
+    """--flag -> its help text, one line, from `skyreels ... --help`."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    blocks = re.split(r"\n  (?=-)", capsys.readouterr().out.split("options:", 1)[1])
+    return {re.search(r"--\w+", b).group(): " ".join(b.split()) for b in blocks if b.startswith("-")}
+
+
+def test_generate_help_gives_every_flag_its_help_and_default(capsys: pytest.CaptureFixture) -> None:
+    helps = _option_help(["generate"], capsys)
+    fields = GenerationRequest.model_fields
+    for name in REQUEST_FLAGS:
+        text = helps[f"--{name}"]
+        assert fields[name].description in text
+        if name == "prompt":
+            assert "default" not in text  # required
+        elif name == "seed":
+            assert text.endswith("(default: 42)") and "video_generate.py" in text
+        else:
+            assert f"(default: {' '.join(str(fields[name].default).split())})" in text
+    for flag in [*OPTIMIZE_FLAGS, "quant", "quant_mode", "model_id", "task_type", "image", "video_num", "outdir",
+                 "device", "dtype", "gpu_num", "sequence_batch", "verbose"]:
+        assert re.search(r"\S.*default: ", helps[f"--{flag}"]), helps[f"--{flag}"]
+    assert "(default: auto)" in helps["--quant_mode"]
+    assert "(default: off)" in helps["--parameters_level"]
+
+
+def test_help_lists_the_commands_of_installed_plugins_without_heavy_imports() -> None:
+    """serve and demo come from serve_app's `skyreels.commands` entry point; --help stays fast."""
+    completed = subprocess.run(
+        [sys.executable, "-c", "import sys; from skyreels.cli import main\n"
+         "try: main(['--help'])\n"
+         "except SystemExit: print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'diffusers', 'ray'}))"],
+        capture_output=True, text=True, check=True,
+    )
+    assert re.search(r"^\s+serve\s+run the Ray Serve application", completed.stdout, re.MULTILINE)
+    assert re.search(r"^\s+demo\s+start the application", completed.stdout, re.MULTILINE)
+    assert completed.stdout.strip().endswith("[]")
+
+
+def test_generate_prints_only_our_lines(in_tmp: Path) -> None:
+    """No third-party warning or progress bar: stderr holds our log lines and our denoising bar."""
+    environment = {k: v for k, v in os.environ.items() if k not in QUIET_ENVIRONMENT}
+    completed = subprocess.run(
+        [sys.executable, "-m", "skyreels.cli", "generate", "--prompt", "quiet", *SMALL],
+        capture_output=True, text=True, env=environment, check=True,
+    )
+    lines = [line.strip() for line in re.split(r"[\r\n]+", completed.stderr) if line.strip()]
+    assert lines
+    assert not [line for line in lines if "warn" in line.lower()]
+    for line in lines:
+        assert re.match(r"\d{4}-\d\d-\d\d [\d:,]+ INFO skyreels[.\w]*: ", line) or line.startswith("denoising:"), line
+    assert len([line for line in lines if "stage timings" in line]) == 1
+
+
+def test_verbose_lets_our_debug_logs_through(in_tmp: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["generate", "--prompt", "quiet", *SMALL]) == 0
+    assert not [r for r in caplog.records if r.name.startswith("skyreels") and r.levelno == logging.DEBUG]
+    caplog.clear()
+    assert main(["generate", "-v", "--prompt", "loud", *SMALL]) == 0
+    assert [r for r in caplog.records if r.name.startswith("skyreels") and r.levelno == logging.DEBUG]
+
+
+def test_known_third_party_noise_dropped_unless_verbose(caplog: pytest.LogCaptureFixture) -> None:
+    torchao = logging.getLogger("torchao")
+    configure_logging(verbose=False)
+    torchao.warning("Failed to load _C_mxfp8.so: Could not load this library")
+    torchao.warning("a torchao warning we do not know")
+    assert [r.getMessage() for r in caplog.records] == ["a torchao warning we do not know"]
+    caplog.clear()
+    configure_logging(verbose=True)
+    torchao.warning("Failed to load _C_mxfp8.so: Could not load this library")
+    assert [r.getMessage() for r in caplog.records] == ["Failed to load _C_mxfp8.so: Could not load this library"]
+    configure_logging(verbose=False)
 
 
 @pytest.mark.parametrize("flags", [["--quant"], ["--quant", "--quant_mode", "fp8"], ["--offload"],
