@@ -16,6 +16,9 @@ from typing import Any
 
 import httpx
 
+from skyreels.models import SERVED_MODEL_IDS
+from skyreels.request import Task
+
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
@@ -56,7 +59,7 @@ class VideoClient:
         body = {"prompt": prompt, **fields}
         if image is None:
             return self._call("POST", "/v1/videos", json=body)
-        body.setdefault("model", "skyreels-v1-i2v")
+        body.setdefault("model", SERVED_MODEL_IDS[Task.I2V])
         name = Path(image).name if not isinstance(image, bytes) else "image.png"
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         mime = mimetypes.guess_type(name)[0] or "application/octet-stream"

@@ -11,7 +11,7 @@ function classedElement(tag, className) {
 
 (function () {
   const API = "/v1";
-  const MODEL_I2V = "skyreels-v1-i2v";
+  const modelTasks = {}; // model id -> "t2v" | "i2v", from GET /v1/models (the server's registry)
   const TERMINAL = new Set(["completed", "failed", "cancelled"]);
   const GALLERY_PAGE = 12;
   const POLL_MS = 1000;
@@ -172,8 +172,10 @@ function classedElement(tag, className) {
   async function loadModels() {
     try {
       const body = await api(`${API}/models`);
-      const ids = (body && Array.isArray(body.data) ? body.data : []).map((m) => m.id).filter(Boolean);
-      if (!ids.length) return;
+      const models = (body && Array.isArray(body.data) ? body.data : []).filter((m) => m.id);
+      if (!models.length) return;
+      for (const m of models) modelTasks[m.id] = m.task;
+      const ids = models.map((m) => m.id);
       const previous = el.model.value;
       el.model.textContent = "";
       for (const id of ids) {
@@ -191,7 +193,8 @@ function classedElement(tag, className) {
   }
 
   function isI2V() {
-    return el.model.value === MODEL_I2V || /(^|-)i2v($|-)/.test(el.model.value);
+    const task = modelTasks[el.model.value];
+    return task ? task === "i2v" : /(^|-)i2v($|-)/.test(el.model.value);
   }
 
   function onModelChange() {

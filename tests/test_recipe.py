@@ -1,0 +1,92 @@
+"""The recipe over stand-in stages: order, the CFG rule, progress, timings and cancel."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import torch
+from PIL import Image
+
+from skyreels.progress import GenerationCancelled, Phase, Progress, StepProgress
+from skyreels.recipe import Denoised, generate, run_sync
+from skyreels.request import GenerationRequest, Task
+
+SMALL = dict(height=64, width=64, num_frames=9, num_inference_steps=3, seed=1)
+
+
+class RecordingStages:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.denoise_closed = False
+
+    async def encode_text(self, prompt, negative_prompt):
+        self.calls.append(("encode_text", prompt, negative_prompt))
+        return "conditioning"
+
+    async def encode_image(self, request):
+        self.calls.append(("encode_image", request.seed))
+        return "image"
+
+    async def denoise(self, task, conditioning, params, image) -> AsyncIterator:
+        self.calls.append(("denoise", task, conditioning, params.num_inference_steps, image))
+        try:
+            for step in range(1, params.num_inference_steps + 1):
+                yield StepProgress(step, params.num_inference_steps)
+            yield Denoised(torch.zeros(1))
+        finally:
+            self.denoise_closed = True
+
+    async def decode(self, latents, request):
+        self.calls.append(("decode", latents.shape))
+        return "video"
+
+
+def test_t2v_order_cfg_progress_and_timings() -> None:
+    stages, seen = RecordingStages(), []
+    request = GenerationRequest(prompt="a kite", negative_prompt="blur", **SMALL)
+    generated = run_sync(generate(request, stages, seen.append))
+    assert [call[0] for call in stages.calls] == ["encode_text", "denoise", "decode"]
+    assert stages.calls[0] == ("encode_text", "FPS-24, a kite", "blur")  # CFG on: the negative branch is encoded
+    assert generated.output == "video" and set(generated.timings) == {"text_encode", "denoise", "decode"}
+    assert [p.phase for p in seen] == [Phase.ENCODING_TEXT, Phase.DENOISING, Phase.DENOISING, Phase.DENOISING,
+                                       Phase.DENOISING, Phase.DECODING]
+    assert [p.percent for p in seen] == sorted(p.percent for p in seen)
+    assert seen[-2] == Progress(Phase.DENOISING, 90, 3, 3)
+
+
+def test_without_cfg_no_negative_prompt_is_encoded() -> None:
+    stages = RecordingStages()
+    run_sync(generate(GenerationRequest(prompt="a kite", guidance_scale=1.0, **SMALL), stages))
+    assert stages.calls[0] == ("encode_text", "FPS-24, a kite", None)
+
+
+def test_i2v_encodes_the_image_between_text_and_denoise() -> None:
+    stages = RecordingStages()
+    request = GenerationRequest(task=Task.I2V, prompt="alive", image=Image.new("RGB", (64, 64)), **SMALL)
+    run_sync(generate(request, stages))
+    assert [call[0] for call in stages.calls] == ["encode_text", "encode_image", "denoise", "decode"]
+    assert stages.calls[2][-1] == "image"
+
+
+def test_a_raising_progress_callback_closes_the_denoise_stream_and_skips_decode() -> None:
+    stages = RecordingStages()
+
+    def cancel_at_step_two(progress: Progress) -> None:
+        if progress.step == 2:
+            raise GenerationCancelled
+
+    with pytest.raises(GenerationCancelled):
+        run_sync(generate(GenerationRequest(prompt="a kite", **SMALL), stages, cancel_at_step_two))
+    assert stages.denoise_closed
+    assert "decode" not in [call[0] for call in stages.calls]
+
+
+def test_run_sync_works_inside_a_running_event_loop() -> None:
+    import asyncio
+
+    async def caller() -> str:
+        stages = RecordingStages()
+        return run_sync(generate(GenerationRequest(prompt="a kite", **SMALL), stages)).output
+
+    assert asyncio.run(caller()) == "video"
