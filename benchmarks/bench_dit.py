@@ -40,7 +40,8 @@ from skyreels.optimize.flops import dit_forward_flops, peak_tflops, video_tokens
 from skyreels.optimize.quant import has_fp8_tensor_cores
 from skyreels.stages.conditioning import Conditioning
 from skyreels.stages.denoise import DenoiseParams, DenoiseStage
-from workload import Workload, add_workload_flags, versions
+from tables import variant_table
+from workload import Workload, add_workload_flags
 
 logger = logging.getLogger("bench_dit")
 
@@ -68,10 +69,18 @@ def variants(cache_threshold: float, device: str) -> dict[str, tuple[OptimizeCon
     }
 
 
+def unrunnable_reason(variant: str, device: str) -> str | None:
+    """Why this device cannot run the variant (cuDNN attention needs CUDA, fp8-dynamic fp8 tensor cores)."""
+    if variant == "cudnn" and device != "cuda":
+        return "needs CUDA (SDPA's cuDNN kernel)"
+    if variant == "fp8-dynamic" and not has_fp8_tensor_cores(torch.device(device)):
+        return "needs CUDA with fp8 tensor cores (Ada or Hopper)"
+    return None
+
+
 def default_variants(device: str) -> list[str]:
-    """Every variant this device can run: cuDNN attention on CUDA, fp8-dynamic with fp8 tensor cores."""
-    runnable = {"cudnn": device == "cuda", "fp8-dynamic": has_fp8_tensor_cores(torch.device(device))}
-    return [name for name in variants(0.0, device) if runnable.get(name, True)]
+    """Every variant this device can run."""
+    return [name for name in variants(0.0, device) if unrunnable_reason(name, device) is None]
 
 
 def main() -> None:
@@ -83,15 +92,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dit.json"))
     args = parser.parse_args()
     workload = Workload.from_args(args)
-    device, dtype, request, device_name = workload.device, workload.dtype, workload.request, workload.device_name()
-    conditioning = text_stage(args.preset, device, dtype).encode(request.prompt, request.negative_prompt)
-    # the work the model needs: the prompt's real tokens (diffusers also computes the padding, masked)
-    text_tokens = int(conditioning.positive.mask.sum())
-    config = diffusers_transformer_config(args.preset, Task.T2V)
-    flops_per_forward = dit_forward_flops(config, video_tokens(config, args.height, args.width, args.num_frames),
-                                          text_tokens)
-    run = VariantRun(args.preset, device, dtype, conditioning, DenoiseParams.from_request(request), args.steps,
-                     args.measure_steps, 2 * flops_per_forward, peak_tflops(device_name))
+    run = VariantRun.prepare(workload, args.measure_steps)
+    device = workload.device
 
     rows = []
     for name in args.variants.split(",") if args.variants else default_variants(device):
@@ -108,12 +110,10 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     report = {
-        "command": f"python {' '.join(sys.argv)}",
-        "device": device_name,
-        "versions": versions(),
-        "workload": {**workload.describe(), "cfg": "true CFG, 2 branches", "prompt_tokens": text_tokens},
-        "flops_per_forward": flops_per_forward,
-        "matmul_floor_seconds_at_790_tflops": 2 * args.steps * flops_per_forward / 790e12,
+        **workload.report_header(),
+        "workload": {**workload.describe(), "cfg": "true CFG, 2 branches", "prompt_tokens": run.prompt_tokens},
+        "flops_per_forward": run.flops_per_forward,
+        "matmul_floor_seconds_at_790_tflops": matmul_floor_seconds(run.flops_per_forward, args.steps),
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,8 +135,27 @@ class VariantRun:
     params: DenoiseParams
     steps: int
     measure_steps: int
-    flops_per_step: float
+    prompt_tokens: int
+    flops_per_forward: float
     peak_tflops: float | None
+
+    @classmethod
+    def prepare(cls, workload: Workload, measure_steps: int) -> VariantRun:
+        """The workload's prompt embeddings and FLOP count, for `measure_steps` timed steps per variant."""
+        request = workload.request
+        conditioning = text_stage(workload.preset, workload.device, workload.dtype).encode(
+            request.prompt, request.negative_prompt)
+        # the work the model needs: the prompt's real tokens (diffusers also computes the padding, masked)
+        prompt_tokens = int(conditioning.positive.mask.sum())
+        config = diffusers_transformer_config(workload.preset, Task.T2V)
+        video = video_tokens(config, request.height, request.width, request.num_frames)
+        return cls(workload.preset, workload.device, workload.dtype, conditioning, DenoiseParams.from_request(request),
+                   request.num_inference_steps, measure_steps, prompt_tokens,
+                   dit_forward_flops(config, video, prompt_tokens), peak_tflops(workload.device_name()))
+
+    @property
+    def flops_per_step(self) -> float:
+        return 2 * self.flops_per_forward  # true CFG: two branches per step
 
     def measure(self, name: str, options: OptimizeConfig, batch_cfg: bool) -> dict:
         if name == "diffusers":
@@ -181,7 +200,6 @@ def _time_steps(stage, conditioning, params: DenoiseParams, steps: int, device: 
 
 
 def markdown(report: dict) -> str:
-    baseline = next((r for r in report["rows"] if r["variant"] == "diffusers" and "error" not in r), None)
     lines = [
         f"# DiT benchmark: {report['workload']}",
         "",
@@ -190,19 +208,14 @@ def markdown(report: dict) -> str:
         f"FLOPs per forward (counted from the config): {report['flops_per_forward']:.3e}; bf16 matmul floor for "
         f"the video at 790 TFLOP/s: {report['matmul_floor_seconds_at_790_tflops']:.0f} s",
         "",
-        "| variant | s/step | s/video | vs diffusers | peak GB | TFLOP/s | MFU |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        *variant_table(report["rows"]),
     ]
-    for row in report["rows"]:
-        if "error" in row:
-            lines.append(f"| {row['variant']} | failed: {row['error'][:120]} | | | | | |")
-            continue
-        speedup = f"{baseline['seconds_per_step'] / row['seconds_per_step']:.2f}x" if baseline else "-"
-        peak = f"{row['peak_memory_gb']:.1f}" if row["peak_memory_gb"] is not None else "-"
-        mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
-        lines.append(f"| {row['variant']} | {row['seconds_per_step']:.4f} | {row['seconds_per_video']:.2f} | "
-                     f"{speedup} | {peak} | {row['achieved_tflops']:.3g} | {mfu} |")
     return "\n".join(lines) + "\n"
+
+
+def matmul_floor_seconds(flops_per_forward: float, steps: int) -> float:
+    """bf16 matmul time of a true-CFG video at DESIGN.md's 790 TFLOP/s on one H100."""
+    return 2 * steps * flops_per_forward / 790e12
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,7 +26,9 @@ from baseline import diffusers_scheduler, diffusers_transformer, diffusers_vae, 
 from skyreels import GenerationRequest, LocalPipeline, Task
 from skyreels.optimize import OptimizeConfig
 from skyreels.random_full import RandomTextEncoderStage
-from workload import Workload, add_workload_flags, versions
+from workload import Workload, add_workload_flags
+
+T = TypeVar("T")
 
 
 def main() -> None:
@@ -45,13 +48,11 @@ def main() -> None:
         torch.cuda.empty_cache()
     pipe = LocalPipeline.from_pretrained(args.preset, device=device, dtype=dtype,
                                          optimize=OptimizeConfig(compile=args.compile, quant=args.quant))
-    ours, ours_s, ours_gb = _measure(lambda: pipe.generate(request).frames, device)
+    ours, ours_s, ours_gb = measure(lambda: pipe.generate(request).frames, device)
     difference = np.abs(ours.astype(int) - (theirs * 255).round().astype(int))
 
     report = {
-        "command": f"python {' '.join(sys.argv)}",
-        "device": workload.device_name(),
-        "versions": versions(),
+        **workload.report_header(),
         "workload": {**workload.describe(), "compile": args.compile, "quant": args.quant},
         "skyreels": {"seconds": ours_s, "peak_memory_gb": ours_gb},
         "diffusers": {"seconds": theirs_s, "peak_memory_gb": theirs_gb},
@@ -82,7 +83,7 @@ def _measure_diffusers(request: GenerationRequest, args: argparse.Namespace, dev
         scheduler=diffusers_scheduler(args.preset, Task.T2V),
     )
     positive, negative = (text.encode_prompt(p) for p in (request.prompt, request.negative_prompt))
-    return _measure(lambda: reference(
+    return measure(lambda: reference(
         prompt_embeds=positive.embeds, prompt_attention_mask=positive.mask, pooled_prompt_embeds=positive.pooled,
         negative_prompt_embeds=negative.embeds, negative_prompt_attention_mask=negative.mask,
         negative_pooled_prompt_embeds=negative.pooled, height=args.height, width=args.width,
@@ -92,8 +93,11 @@ def _measure_diffusers(request: GenerationRequest, args: argparse.Namespace, dev
     ).frames[0], device)
 
 
-def _measure(run, device: str):
-    run()  # warm-up: compile, allocator, caches
+def measure(run: Callable[[], T], device: str,
+            warm_up: Callable[[], object] | None = None) -> tuple[T, float, float | None]:
+    """(output, seconds, peak GPU GB or None) of `run`, timed after a warm-up (default: `run` itself) that pays
+    for compile, the allocator and the kernels' first loads."""
+    (warm_up or run)()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,8 @@ from skyreels.optimize import OptimizeConfig
 from skyreels.optimize.cache import step_cache_hook
 from skyreels.quality import psnr_db
 from skyreels.stages.denoise import DenoiseParams
-from workload import Workload, add_workload_flags, versions
+from tables import threshold_table
+from workload import Workload, add_workload_flags
 
 
 def main() -> None:
@@ -36,14 +36,32 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_cache.json"))
     args = parser.parse_args()
     workload = Workload.from_args(args)
-    device, request = workload.device, workload.request
-    pipe = LocalPipeline.from_pretrained(args.preset, device=device, dtype=workload.dtype,
+    rows = threshold_rows(workload, [float(t) for t in args.thresholds.split(",")], args.decode)
+
+    report = {
+        **workload.report_header(),
+        "workload": {**workload.describe(), "cfg": "true CFG, 2 branches in one batch"},
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Step cache: {report['workload']}", "", f"Device: {report['device']}; {report['versions']}",
+             f"Command: `{report['command']}`", "", *threshold_table(rows)]
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def threshold_rows(workload: Workload, thresholds: list[float], decode: bool) -> list[dict]:
+    """The workload's video exact (threshold 0: the cache never skips) and at each threshold, on one model, after
+    a 2-step warm-up."""
+    request, device = workload.request, workload.device
+    pipe = LocalPipeline.from_pretrained(workload.preset, device=device, dtype=workload.dtype,
                                          optimize=OptimizeConfig(step_cache_threshold=0.0))
     conditioning = pipe.text.encode(request.prompt, request.negative_prompt)
     params = DenoiseParams.from_request(request)
     hook = step_cache_hook(pipe.denoise.transformer)
 
-    def video(threshold: float, steps: int = args.steps) -> dict:
+    def video(threshold: float, steps: int = request.num_inference_steps) -> dict:
         hook.threshold = threshold
         start = time.perf_counter()
         latents = pipe.denoise.denoise(conditioning, replace(params, num_inference_steps=steps))
@@ -52,41 +70,23 @@ def main() -> None:
         seconds = time.perf_counter() - start
         return {"threshold": threshold, "seconds": seconds, "skipped_forwards": hook.skips,
                 "forwards": hook.forwards, "latents": latents.float().cpu(),
-                "frames": pipe.vae.decode(latents) if args.decode else None}
+                "frames": pipe.vae.decode(latents) if decode else None}
 
     video(0.0, steps=2)  # warm-up: allocator, kernels
     exact = video(0.0)
     peak = float(exact["latents"].max() - exact["latents"].min())
     rows = []
-    for threshold in [0.0, *map(float, args.thresholds.split(","))]:
+    for threshold in [0.0, *thresholds]:
         run = exact if threshold == 0.0 else video(threshold)
         rows.append({
             "threshold": threshold, "seconds_per_video": run["seconds"], "speedup": exact["seconds"] / run["seconds"],
             "skipped_forwards": run["skipped_forwards"], "forwards": run["forwards"],
             "latent_psnr_db": psnr_db(run["latents"], exact["latents"], peak),
             "max_abs_diff_latents": float((run["latents"] - exact["latents"]).abs().max()),
-            "frame_psnr_db": psnr_db(run["frames"], exact["frames"], 255.0) if args.decode else None,
+            "frame_psnr_db": psnr_db(run["frames"], exact["frames"], 255.0) if decode else None,
         })
         print(json.dumps(rows[-1]), flush=True)
-
-    report = {
-        "command": f"python {' '.join(sys.argv)}",
-        "device": workload.device_name(),
-        "versions": versions(),
-        "workload": {**workload.describe(), "cfg": "true CFG, 2 branches in one batch"},
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Step cache: {report['workload']}", "", f"Device: {report['device']}; {report['versions']}",
-             f"Command: `{report['command']}`", "",
-             "| threshold | s/video | speed-up | skipped forwards | latent PSNR (dB) | max abs diff latents | frame PSNR (dB) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['threshold']} | {r['seconds_per_video']:.2f} | {r['speedup']:.2f}x | "
-              f"{r['skipped_forwards']}/{r['forwards']} | {r['latent_psnr_db']:.1f} | {r['max_abs_diff_latents']:.2e} | "
-              f"{'-' if r['frame_psnr_db'] is None else format(r['frame_psnr_db'], '.1f')} |" for r in rows]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return rows
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -31,15 +32,25 @@ class Workload:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Workload:
-        """The GPU in bf16 when there is one, else the CPU in float32; true CFG with the default negative."""
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        request = GenerationRequest(prompt=PROMPT, height=args.height, width=args.width, num_frames=args.num_frames,
-                                    num_inference_steps=args.steps, seed=0)
-        return cls(args.preset, device, torch.bfloat16 if device == "cuda" else torch.float32, request)
+        return cls.create(args.preset, args.height, args.width, args.num_frames, args.steps)
+
+    @classmethod
+    def create(cls, preset: str, height: int, width: int, num_frames: int, steps: int,
+               device: str | None = None) -> Workload:
+        """On `device` (default: the GPU when there is one, else the CPU): bf16 on a GPU, float32 on the CPU;
+        true CFG with the default negative prompt."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        request = GenerationRequest(prompt=PROMPT, height=height, width=width, num_frames=num_frames,
+                                    num_inference_steps=steps, seed=0)
+        return cls(preset, device, torch.bfloat16 if device == "cuda" else torch.float32, request)
 
     def describe(self) -> dict:
         return {"preset": self.preset, "height": self.request.height, "width": self.request.width,
                 "num_frames": self.request.num_frames, "steps": self.request.num_inference_steps}
+
+    def report_header(self) -> dict:
+        """What every report starts with: the command, the device and the versions."""
+        return {"command": f"python {' '.join(sys.argv)}", "device": self.device_name(), "versions": versions()}
 
     def device_name(self) -> str:
         return torch.cuda.get_device_name() if self.device == "cuda" else f"CPU {platform.machine()}"

@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
-# The GPU measurements of record, one step per call so that each fits in 10 minutes on one H100:
+# The GPU measurements of record. `quick` takes them all in one call of at most 8 minutes on one H100 (the
+# parts in the order of their value, each under a time limit; see benchmarks/gpu/quick.py):
+#
+#   benchmarks/gpu/run.sh quick        every figure below, shortened: DiT variants over a few steps, memory,
+#                                      step cache on a short run, a short e2e video + sim profile, a Serve job
+#   benchmarks/gpu/run.sh quick --dry-run   the same code on the tiny preset, CPU, float32, in seconds
+#
+# The full steps, one per call so that each fits in 10 minutes on one H100:
 #
 #   benchmarks/gpu/run.sh check        tiny preset on the GPU in bf16: every option vs the unoptimised run,
 #                                      and the unoptimised GPU run vs the CPU float32 reference
@@ -15,20 +22,25 @@
 # carry the wheels of benchmarks/gpu/fetch_wheels.sh in .whl/: they are installed first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-STEPS="check dit-base dit-fast dit-cache cache-quality e2e"
-if [[ " $STEPS " != *" ${1:-none} "* ]]; then
-    sed -n 2,15p "$0"; exit 2
+STEPS="quick check dit-base dit-fast dit-cache cache-quality e2e"
+if [[ " $STEPS " != *" ${1:-none} "* ]] || [[ "${2:-}" != "" && "$1 $2" != "quick --dry-run" ]]; then
+    sed -n 2,22p "$0"; exit 2
 fi
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
 
-if [ -d .whl ]; then
+if [ -d .whl ] && [ "${2:-}" != "--dry-run" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="/tmp/site:$PWD:$PWD/benchmarks:$PWD/benchmarks/gpu${PYTHONPATH:+:$PYTHONPATH}"
 else
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$PWD:$PWD/benchmarks:$PWD/benchmarks/gpu${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export SKYREELS_CACHE_DIR=${SKYREELS_CACHE_DIR:-/tmp/skyreels-cache}
+if [ "$1" = quick ]; then
+    # 8 minutes from this script's start, the wheels' installation included ($SECONDS so far)
+    exec python3 benchmarks/gpu/quick.py --out "$OUT" --budget_s $((${QUICK_BUDGET_S:-480} - SECONDS)) \
+        --command "$0 $*" ${2:-}
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/device.txt" || true
 python3 -c "import torch, diffusers, torchao; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'diffusers', diffusers.__version__, 'torchao', torchao.__version__)" | tee -a "$OUT/device.txt"

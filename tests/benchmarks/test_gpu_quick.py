@@ -1,0 +1,102 @@
+"""`benchmarks/gpu/run.sh quick`: its dry run on the CPU, the part runner and the sim timing profile."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+GPU_BENCHMARKS = ROOT / "benchmarks" / "gpu"
+# the order of value: a run cut short keeps the first ones
+PARTS = ["environment", "dit_diffusers", "dit_lossless", "dit_cudnn", "dit_fp8_dynamic", "memory_offload",
+         "step_cache", "end_to_end", "serve_job"]
+NEEDS_CUDA = {"dit_cudnn", "dit_fp8_dynamic"}
+
+
+@pytest.fixture
+def gpu_benchmarks_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/gpu on the path, here and in the processes the part runner starts (as run.sh sets it)."""
+    paths = [str(GPU_BENCHMARKS), str(ROOT / "benchmarks")]
+    for path in paths:
+        monkeypatch.syspath_prepend(path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.mark.slow
+def test_dry_run_measures_every_part_and_writes_the_report(tmp_path: Path, gpu_benchmarks_importable: None) -> None:
+    from sim_profile import SimProfile, VideoShape
+
+    run = subprocess.run(["bash", str(GPU_BENCHMARKS / "run.sh"), "quick", "--dry-run"], cwd=ROOT,
+                         env={**os.environ, "OUT": str(tmp_path)}, capture_output=True, text=True, timeout=540)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    report = json.loads((tmp_path / "quick_dry_run.json").read_text())
+    assert list(report["parts"]) == PARTS
+    for name, part in report["parts"].items():
+        if name in NEEDS_CUDA:
+            assert part["status"] == "skipped" and "needs CUDA" in part["reason"], part
+        else:
+            assert part["status"] == "ok", part
+    figures = {name: part["figures"] for name, part in report["parts"].items()}
+    for name in ("dit_diffusers", "dit_lossless", "memory_offload"):
+        row = figures[name]
+        assert row["seconds_per_step"] > 0 and row["seconds_per_video"] == pytest.approx(2 * row["seconds_per_step"])
+        assert row["flops_per_forward"] > 0 and row["mfu"] is None  # no peak figure for a CPU
+    assert figures["step_cache"]["cached"]["forwards"] == 2 and 0 <= figures["step_cache"]["skip_rate"] <= 1
+    stages = figures["end_to_end"]["stage_seconds"]
+    assert {"text_encode", "image_encode", "denoise", "decode", "mux"} <= set(stages)
+    assert all(seconds > 0 for seconds in stages.values())
+    assert figures["serve_job"]["seconds"] > 0 and figures["serve_job"]["mp4_bytes"] > 0
+    assert [target["met"] for target in report["targets"]] == [None] * 6  # a dry run judges nothing
+
+    markdown = (tmp_path / "quick_dry_run.md").read_text()
+    assert "## DESIGN.md targets" in markdown and all(f"| {name} |" in markdown for name in PARTS)
+    profile = SimProfile.load(tmp_path / report["sim_profile"]["file"])
+    assert profile.dit_step.seconds_per_step == figures["dit_lossless"]["seconds_per_step"]
+    job = profile.job_seconds(VideoShape(height=64, width=64, num_frames=9), steps=2, i2v=True)
+    assert job["denoise"] == pytest.approx(2 * profile.dit_step.seconds_per_step)
+    assert job["decode"] == stages["decode"] and job["image_encode"] == stages["image_encode"]
+
+
+def test_sim_profile_scales_the_dit_by_flops_and_the_vae_by_pixels(tmp_path: Path,
+                                                                   gpu_benchmarks_importable: None) -> None:
+    from sim_profile import DitStepSeconds, PixelScaledSeconds, SimProfile, VideoShape
+
+    from skyreels import Task
+    from skyreels.random_full import transformer_config
+
+    measured = VideoShape(height=544, width=960, num_frames=97)
+    profile = SimProfile(
+        device="H100", measured_by="test", text_encode_seconds=0.1,
+        dit_step=DitStepSeconds(seconds_per_step=8.0, measured_at=measured, prompt_tokens=40,
+                                transformer_config=transformer_config(Task.T2V), path="lossless"),
+        vae_encode=PixelScaledSeconds(seconds=0.2, measured_at=measured.first_frame()),
+        vae_decode=PixelScaledSeconds(seconds=20.0, measured_at=measured),
+        mux=PixelScaledSeconds(seconds=2.0, measured_at=measured),
+    )
+    profile.save(tmp_path / "profile.json")
+    assert SimProfile.load(tmp_path / "profile.json").model_dump_json() == profile.model_dump_json()
+    assert profile.dit_step.flops_per_step(measured) == pytest.approx(2 * 2.61e15, rel=0.01)  # DESIGN.md's count
+
+    same = profile.job_seconds(measured, steps=30, i2v=True)
+    assert same == pytest.approx({"text_encode": 0.1, "image_encode": 0.2, "denoise": 240.0, "decode": 20.0,
+                                  "mux": 2.0})
+    longer = profile.job_seconds(VideoShape(height=544, width=960, num_frames=193), steps=30, i2v=False)
+    assert longer["decode"] == pytest.approx(20.0 * 193 / 97) and longer["image_encode"] == 0.0
+    assert longer["denoise"] > 2 * same["denoise"]  # attention grows with the square of the tokens
+
+
+def test_part_runner_records_how_each_part_ended(tmp_path: Path, gpu_benchmarks_importable: None) -> None:
+    from part_runner import PartRunner
+
+    runner = PartRunner(preload=[], scratch=tmp_path)
+    ok = runner.run("ok", "json:loads", ('{"seconds": 1.5}',), timeout_s=60)
+    assert (ok.status, ok.figures) == ("ok", {"seconds": 1.5})
+    failed = runner.run("failed", "math:sqrt", (-1.0,), timeout_s=60)
+    assert failed.status == "failed" and "math domain error" in failed.reason
+    hung = runner.run("hung", "time:sleep", (600,), timeout_s=1)
+    assert hung.status == "timed_out" and hung.wall_seconds < 30
