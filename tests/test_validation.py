@@ -38,5 +38,6 @@ def test_fastapi_style_errors_drop_their_source_prefix() -> None:
         {"loc": ("body",), "msg": "Field required"},
     ]
     assert describe_errors(errors, skip_loc=1, whole="body") == (
-        "seed: seed must be -1 or between 0 and 4294967295; limit: Input should be a valid integer; body: Field required"
+        "seed: seed must be -1 or between 0 and 4294967295; "
+        "limit: Input should be a valid integer; body: Field required"
     )
