@@ -130,7 +130,7 @@ def markdown(report: dict) -> str:
         serve = ok["serve_job"]
         lines += ["", "## Serve job", "", f"`{serve['command']}`: {serve['seconds']:.1f} s wall (Ray start, deploy, "
                   f"one job, stop), {serve['mp4_bytes']} mp4 bytes."]
-    lines += ["", "## Parts, in the order they ran", "", "| part | status | seconds | expected s | note |",
+    lines += ["", "## Parts, in the order they ran", "", "| part | status | seconds | expected on one H100 (s) | note |",
               "| --- | --- | --- | --- | --- |"]
     for name, part in parts.items():
         note = (part.reason or "").replace("|", "/").replace("\n", " ")[:300]
