@@ -7,7 +7,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from skyreels.models import SERVED_MODEL_IDS, TINY, ModelPaths, ServedModel, resolve_model
+from skyreels.loader import StageLoader, stage_loader
+from skyreels.models import SERVED_MODEL_IDS, TINY, ServedModel
 from skyreels.optimize import OptimizeConfig
 from skyreels.request import Task
 
@@ -47,7 +48,7 @@ class StageConfig(BaseModel):
         return [ServedModel(SERVED_MODEL_IDS[task], task, source) for task, source in self.sources.items()]
 
     @property
-    def base_paths(self) -> ModelPaths:
+    def base_loader(self) -> StageLoader:
         """Text encoders, tokenizers and VAE are the HunyuanVideo base, shared by both tasks."""
         task, source = next(iter(self.sources.items()))
-        return resolve_model(source, task)
+        return stage_loader(source, task, self.device, self.torch_dtype, self.optimize)

@@ -14,7 +14,6 @@ from ray.serve.metrics import Histogram
 
 from deployments.config import StageConfig
 from skyreels.stages.conditioning import Conditioning, PromptEmbeds
-from skyreels.stages.text import TextEncoderStage
 
 BATCH_WAIT_S = 0.005
 MAX_BATCH_SIZE = 16  # the default; AppConfig.text_batch_size sets it per application
@@ -22,9 +21,7 @@ MAX_BATCH_SIZE = 16  # the default; AppConfig.text_batch_size sets it per applic
 
 class TextEncoder:
     def __init__(self, config: StageConfig, max_batch_size: int = MAX_BATCH_SIZE) -> None:
-        self.stage = TextEncoderStage.from_pretrained(
-            config.base_paths.base, device=config.device, dtype=config.torch_dtype, optimize=config.optimize
-        )
+        self.stage = config.base_loader.text()
         self._encode_batch.set_max_batch_size(max_batch_size)
         self._batch_prompts = Histogram(
             "skyreels_text_encoder_batch_prompts", description="Prompts gathered into one TextEncoder batch.",

@@ -15,14 +15,11 @@ from PIL import Image
 from deployments.config import StageConfig
 from skyreels.artifacts import ArtifactStore, StoredVideo, store_video
 from skyreels.stages.conditioning import ImageCondition
-from skyreels.stages.vae import VaeStage
 
 
 class Vae:
     def __init__(self, config: StageConfig, artifact_url: str) -> None:
-        self.stage = VaeStage.from_pretrained(
-            config.base_paths.component("vae"), device=config.device, dtype=config.torch_dtype
-        )
+        self.stage = config.base_loader.vae()
         self.artifacts = ArtifactStore(artifact_url)
         self._lock = asyncio.Lock()
 

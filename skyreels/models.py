@@ -22,6 +22,7 @@ from skyreels.request import Task
 logger = logging.getLogger(__name__)
 
 TINY = "tiny"
+SIM = "sim"  # stage stand-ins with GPU timings (skyreels.sim), options after "?"
 HUB_TRANSFORMERS = {Task.T2V: "Skywork/SkyReels-V1-Hunyuan-T2V", Task.I2V: "Skywork/SkyReels-V1-Hunyuan-I2V"}
 HUB_BASE = "hunyuanvideo-community/HunyuanVideo"
 BASE_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae", "scheduler")

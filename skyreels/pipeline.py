@@ -3,7 +3,6 @@ same contract over a local gang of processes. Both run the one recipe (skyreels.
 
 from __future__ import annotations
 
-import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
@@ -13,22 +12,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skyreels import random_full
 from skyreels.gang.local import LocalGang, LocalGangStages
 from skyreels.gang.rank import RankSpec
-from skyreels.models import ModelPaths, ModelSettings, resolve_model
+from skyreels.loader import stage_loader
+from skyreels.models import ModelSettings
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.optimize.offload import on_device
 from skyreels.parallel.mesh import MeshShape
 from skyreels.progress import StepCallback, StepProgress
-from skyreels.random_full import RANDOM_FULL
 from skyreels.recipe import Denoised, Phase, Progress, Stages, generate, run_sync
 from skyreels.request import GenerationRequest, Task
 from skyreels.result import GenerationResult
 from skyreels.runtime import configure_process
 from skyreels.stages.conditioning import Conditioning, ImageCondition
 from skyreels.stages.denoise import DenoiseParams, DenoiseStage
-from skyreels.stages.text import PromptEncoder, TextEncoderStage
+from skyreels.stages.text import PromptEncoder
 from skyreels.stages.vae import VaeStage
 
 logger = logging.getLogger(__name__)
@@ -112,42 +110,22 @@ class LocalPipeline(VideoGenerator):
         optimize = optimize or OptimizeConfig()
         settings = settings or ModelSettings()
         dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
+        loader = stage_loader(str(source), task, device, dtype, optimize, settings)
         if gpu_num > 1:
-            MeshShape.plan(gpu_num, num_heads=_heads(resolve_model(str(source), task, settings)),
+            MeshShape.plan(gpu_num, num_heads=loader.attention_heads(),
                            sequence_batch=sequence_batch)  # refuse a bad gpu_num before spawning
             spec = RankSpec(transformers={task: str(source)}, device=torch.device(device).type, dtype=dtype,
                             world_size=gpu_num, sequence_batch=sequence_batch, optimize=optimize, settings=settings,
                             encode_text=True, decode=True)
             return GangPipeline(task, LocalGang(spec))
         configure_process(optimize)
-        if source == RANDOM_FULL:
-            return cls._random_full(task, device, dtype, sequence_batch, optimize)
-        paths = resolve_model(str(source), task, settings)
         logger.info("loading %s (%s) on %s as %s", source, task.value, device, dtype)
         return cls(
             task=task,
-            text=TextEncoderStage.from_pretrained(paths.base, device=device, dtype=dtype, optimize=optimize),
-            denoise=DenoiseStage.from_pretrained(
-                paths.transformer, paths.component("scheduler"), device=device, dtype=dtype,
-                batch_cfg=not sequence_batch, optimize=optimize,
-            ),
-            vae=VaeStage.from_pretrained(paths.component("vae"), device="cpu" if optimize.offload else device,
-                                         dtype=dtype),
+            text=loader.text(),
+            denoise=loader.denoiser(batch_cfg=not sequence_batch),
+            vae=loader.vae(device="cpu" if optimize.offload else None),
             offload_to=device if optimize.offload else None,
-        )
-
-    @classmethod
-    def _random_full(
-        cls, task: Task, device: str | torch.device, dtype: torch.dtype, sequence_batch: bool, optimize: OptimizeConfig
-    ) -> LocalPipeline:
-        """The real architecture with random weights made on the device: for benchmarks only."""
-        logger.info("building the random-full %s model on %s as %s", task.value, device, dtype)
-        return cls(
-            task=task,
-            text=random_full.RandomTextEncoderStage(device, dtype),
-            denoise=DenoiseStage.prepared(random_full.random_transformer(task, device, dtype),
-                                          random_full.scheduler(), device, optimize, batch_cfg=not sequence_batch),
-            vae=VaeStage(random_full.random_vae(device, dtype)),
         )
 
     def stages(self) -> InProcessStages:
@@ -198,7 +176,3 @@ class GangPipeline(VideoGenerator):
 
     def close(self) -> None:
         self.gang.close()
-
-
-def _heads(paths: ModelPaths) -> int:
-    return json.loads((paths.transformer / "config.json").read_text())["num_attention_heads"]

@@ -33,7 +33,8 @@ from pathlib import Path
 from part_runner import PartResult, PartRunner
 from quick_settings import DRY_RUN, GPU, QuickSettings
 from quick_report import judge, markdown
-from sim_profile import DitStepSeconds, PixelScaledSeconds, SimProfile, VideoShape
+
+from skyreels.sim.profile import DitStepSeconds, PixelScaledSeconds, SimProfile, VideoShape
 
 logger = logging.getLogger("quick")
 

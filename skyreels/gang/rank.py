@@ -14,16 +14,14 @@ from typing import Any, Protocol
 import torch
 
 from skyreels.gang.commands import Command, Decode, Denoise, EncodeImage, EncodeText, RunsOn
-from skyreels.models import ModelSettings, resolve_model
+from skyreels.loader import stage_loader
+from skyreels.models import ModelSettings
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.parallel.group import GroupSpec, any_rank, destroy_group, init_group
 from skyreels.parallel.mesh import DeviceMesh, MeshShape
 from skyreels.recipe import Denoised
 from skyreels.request import Task
 from skyreels.runtime import configure_process
-from skyreels.stages.denoise import DenoiseStage
-from skyreels.stages.text import TextEncoderStage
-from skyreels.stages.vae import VaeStage
 
 logger = logging.getLogger(__name__)
 
@@ -58,19 +56,13 @@ class GangRank:
         self.cuda_index = cuda_index  # Ray shows each worker one GPU (0); a local gang uses GPU `rank`
         self.device = f"cuda:{cuda_index}" if spec.device == "cuda" else "cpu"
         self.stop = stop or threading.Event()
-        paths = {task: resolve_model(source, task, spec.settings) for task, source in spec.transformers.items()}
-        self.denoisers = {
-            task: DenoiseStage.from_pretrained(
-                task_paths.transformer, task_paths.component("scheduler"), device=self.device, dtype=spec.dtype,
-                batch_cfg=not spec.sequence_batch, optimize=spec.optimize)
-            for task, task_paths in paths.items()
-        }
-        base = next(iter(paths.values()))  # text encoders and VAE are the HunyuanVideo base of every task
-        self.text = TextEncoderStage.from_pretrained(base.base, device=self.device, dtype=spec.dtype,
-                                                     optimize=spec.optimize) \
-            if spec.encode_text and self.is_main else None
-        self.vae = VaeStage.from_pretrained(base.component("vae"), device=self.device, dtype=spec.dtype) \
-            if spec.decode else None
+        loaders = {task: stage_loader(source, task, self.device, spec.dtype, spec.optimize, spec.settings)
+                   for task, source in spec.transformers.items()}
+        self.denoisers = {task: loader.denoiser(batch_cfg=not spec.sequence_batch) for task, loader in loaders.items()}
+        base = next(iter(loaders.values()))  # text encoders and VAE are the HunyuanVideo base of every task
+        self.heads = base.attention_heads()
+        self.text = base.text() if spec.encode_text and self.is_main else None
+        self.vae = base.vae() if spec.decode else None
 
     @property
     def is_main(self) -> bool:
@@ -80,8 +72,7 @@ class GangRank:
         """Joins the gang's group (every rank must call it) and splits every transformer over the mesh."""
         init_group(GroupSpec(self.rank, self.spec.world_size, master_addr, master_port, self.spec.device,
                              cuda_index=self.cuda_index))
-        heads = next(iter(self.denoisers.values())).transformer.config.num_attention_heads
-        mesh = DeviceMesh(MeshShape.plan(self.spec.world_size, heads, sequence_batch=self.spec.sequence_batch))
+        mesh = DeviceMesh(MeshShape.plan(self.spec.world_size, self.heads, sequence_batch=self.spec.sequence_batch))
         for stage in self.denoisers.values():
             stage.distribute(mesh)
 

@@ -1,4 +1,4 @@
-"""`benchmarks/gpu/run.sh quick`: its dry run on the CPU, the part runner and the sim timing profile."""
+"""`benchmarks/gpu/run.sh quick`: its dry run on the CPU and the part runner."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def gpu_benchmarks_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow
 def test_dry_run_measures_every_part_and_writes_the_report(tmp_path: Path, gpu_benchmarks_importable: None) -> None:
-    from sim_profile import SimProfile, VideoShape
+    from skyreels.sim.profile import SimProfile, VideoShape
 
     run = subprocess.run(["bash", str(GPU_BENCHMARKS / "run.sh"), "quick", "--dry-run"], cwd=ROOT,
                          env={**os.environ, "OUT": str(tmp_path)}, capture_output=True, text=True, timeout=540)
@@ -60,34 +60,6 @@ def test_dry_run_measures_every_part_and_writes_the_report(tmp_path: Path, gpu_b
     job = profile.job_seconds(VideoShape(height=64, width=64, num_frames=9), steps=2, i2v=True)
     assert job["denoise"] == pytest.approx(2 * profile.dit_step.seconds_per_step)
     assert job["decode"] == stages["decode"] and job["image_encode"] == stages["image_encode"]
-
-
-def test_sim_profile_scales_the_dit_by_flops_and_the_vae_by_pixels(tmp_path: Path,
-                                                                   gpu_benchmarks_importable: None) -> None:
-    from sim_profile import DitStepSeconds, PixelScaledSeconds, SimProfile, VideoShape
-
-    from skyreels import Task
-    from skyreels.random_full import transformer_config
-
-    measured = VideoShape(height=544, width=960, num_frames=97)
-    profile = SimProfile(
-        device="H100", measured_by="test", text_encode_seconds=0.1,
-        dit_step=DitStepSeconds(seconds_per_step=8.0, measured_at=measured, prompt_tokens=40,
-                                transformer_config=transformer_config(Task.T2V), path="lossless"),
-        vae_encode=PixelScaledSeconds(seconds=0.2, measured_at=measured.first_frame()),
-        vae_decode=PixelScaledSeconds(seconds=20.0, measured_at=measured),
-        mux=PixelScaledSeconds(seconds=2.0, measured_at=measured),
-    )
-    profile.save(tmp_path / "profile.json")
-    assert SimProfile.load(tmp_path / "profile.json").model_dump_json() == profile.model_dump_json()
-    assert profile.dit_step.flops_per_step(measured) == pytest.approx(2 * 2.61e15, rel=0.01)  # DESIGN.md's count
-
-    same = profile.job_seconds(measured, steps=30, i2v=True)
-    assert same == pytest.approx({"text_encode": 0.1, "image_encode": 0.2, "denoise": 240.0, "decode": 20.0,
-                                  "mux": 2.0})
-    longer = profile.job_seconds(VideoShape(height=544, width=960, num_frames=193), steps=30, i2v=False)
-    assert longer["decode"] == pytest.approx(20.0 * 193 / 97) and longer["image_encode"] == 0.0
-    assert longer["denoise"] > 2 * same["denoise"]  # attention grows with the square of the tokens
 
 
 def test_part_runner_records_how_each_part_ended(tmp_path: Path, gpu_benchmarks_importable: None) -> None:
