@@ -1,38 +1,68 @@
-"""VideoIngress: the HTTP face (FastAPI through @serve.ingress): jobs API, SSE, metrics, web page."""
+"""VideoIngress: the HTTP face (FastAPI through @serve.ingress) and the DeploymentHandle face of the jobs API.
+
+The OpenAPI document (/openapi.json) is the contract: every body, response and error status is in it. Both
+faces call one VideoService; an ApiError it raises is a 4xx with `{"error": {"code", "message"}}` over HTTP,
+and the same exception for a handle caller.
+
+Trust model of the handle API: it has no keys. Anything that can call a DeploymentHandle already runs code in
+the Ray cluster, so it is trusted as the operator is; HTTP is the boundary where clients are checked.
+"""
 
 import asyncio
 import json
 import logging
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator
+import pathlib
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from ray import serve
-from PIL import Image
-from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.routing import Match
 
-from skyreels.artifacts import THUMBNAIL, VIDEO, ArtifactStore
+from serve_app.contract import ExtendParams, ModelList, RemixParams, Video, VideoDeleted, VideoList
 from serve_app.metrics import JobMetrics
-from serve_app.requests import InvalidRequest, decode_data_url, new_job, read_image, to_png, validation_message
-from serve_app.runner import JobRunner, QueueFull
-from serve_app.schemas import Job, JobList, JobStatus, VideoCreateParams
+from serve_app.openapi import CONTENT, EXTEND_BODY, SUBMIT_BODY, errors, install_openapi
+from serve_app.requests import ApiError, image_of, parse, read_fields
+from serve_app.runner import JobPolicy, JobRunner, QueueFull
+from serve_app.schemas import VideoCreateParams
+from serve_app.service import MEDIA_TYPES, Variant, VideoService
 from serve_app.store import JobStore
+from skyreels.artifacts import ArtifactStore
 from skyreels.models import ServedModel
 from skyreels.validation import describe_errors
 
 logger = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = pathlib.Path(__file__).parent / "static"
 SSE_KEEPALIVE_S = 15.0
-VARIANTS = {"video": (VIDEO, "video/mp4"), "thumbnail": (THUMBNAIL, "image/jpeg")}
 
-app = FastAPI(title="SkyReels-V1 video API", version="1")
+class JobIdConvertor(Convertor):
+    """A path segment that can be a job id: /v1/videos/extensions is another route, not a job."""
+
+    regex = "video_[0-9a-f]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("job_id", JobIdConvertor())
+VideoId = Annotated[str, Path(pattern=f"^{JobIdConvertor.regex}$", description="A job id, as POST /v1/videos gave it.")]
+
+app = FastAPI(title="SkyReels-V1 video API", version="1",
+              description="OpenAI-style asynchronous video jobs: submit, follow, download. The official `openai` "
+                          "client works against `/v1`.")
 app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+install_openapi(app)
 
 
 def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -43,14 +73,34 @@ def _json(model: BaseModel, status_code: int = 200) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json"), status_code=status_code)
 
 
-def _not_found(job_id: str) -> JSONResponse:
-    return error_response(404, "not_found", f"no video job {job_id!r}")
+@app.exception_handler(ApiError)
+async def _on_api_error(_: Request, error: ApiError) -> JSONResponse:
+    return error_response(error.status_code, error.code, error.message)
+
+
+@app.exception_handler(QueueFull)
+async def _on_queue_full(_: Request, error: QueueFull) -> JSONResponse:
+    return error_response(429, "queue_full", str(error), headers={"Retry-After": str(error.retry_after_s)})
 
 
 @app.exception_handler(RequestValidationError)
 async def _on_validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
     # loc starts with where the value came from ("body", "query"); the client knows the field by name
     return error_response(422, "invalid_request", describe_errors(error.errors(), skip_loc=1, whole="body"))
+
+
+@app.exception_handler(HTTPException)
+async def _on_http_error(request: Request, error: HTTPException) -> JSONResponse:
+    headers = dict(error.headers or {})
+    if error.status_code == 405:  # every method of the path, not only those of the first route that matched it
+        headers["Allow"] = ", ".join(sorted(_allowed_methods(request)))
+    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    return error_response(error.status_code, code, str(error.detail), headers=headers)
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    return {method for route in app.routes if getattr(route, "methods", None)
+            and route.matches(request.scope)[0] is not Match.NONE for method in route.methods}
 
 
 # serve.ingress snapshots the module globals: every helper a route uses is defined above.
@@ -64,35 +114,40 @@ class VideoIngress:
         served_models: list[ServedModel],
         database_path: str,
         artifact_url: str,
-        max_queued_jobs: int,
-        max_running_jobs: int,
+        policy: JobPolicy,
         decode_on_gang: bool = False,
+        shutdown_grace_s: float = 15.0,
     ) -> None:
         self.served_models = served_models
         self.store = JobStore(database_path)
         self.artifacts = ArtifactStore(artifact_url)
         self.metrics = JobMetrics()
-        self.runner = JobRunner(
-            self.store, self.artifacts, text_encoder, denoiser, vae,
-            max_queued_jobs=max_queued_jobs, max_running_jobs=max_running_jobs, metrics=self.metrics,
-            decode_on_gang=decode_on_gang,
-        )
+        self.runner = JobRunner(self.store, self.artifacts, text_encoder, denoiser, vae, policy, self.metrics,
+                                decode_on_gang=decode_on_gang)
+        self.shutdown_grace_s = shutdown_grace_s
+        self.service = VideoService(self.store, self.artifacts, self.runner, served_models)
         self._started: asyncio.Task | None = None
         try:  # recover interrupted jobs right away when constructed on the event loop
             self._runner_started()
         except RuntimeError:
             logger.debug("no running loop yet; the runner starts with the first request")
 
+    async def __del__(self) -> None:
+        """Serve stops this replica: running jobs may finish within the grace period, the rest are handed back."""
+        await self.runner.shutdown(self.shutdown_grace_s)
+
     def _runner_started(self) -> asyncio.Task:
         if self._started is None:
             self._started = asyncio.get_running_loop().create_task(self.runner.start())
         return self._started
 
+    # ------------------------------------------------------------------ HTTP
+
     @app.get("/", include_in_schema=False)
     async def page(self) -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
-    @app.get("/healthz")
+    @app.get("/healthz", operation_id="healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
@@ -106,134 +161,120 @@ class VideoIngress:
     async def metrics(self) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": model.id, "object": "model", "owned_by": "skywork", "task": model.task.value}
-            for model in self.served_models
-        ]}
+    @app.get("/v1/models", operation_id="listModels", response_model=ModelList)
+    async def http_models(self) -> JSONResponse:
+        return _json(self.service.models())
 
-    @app.post("/v1/videos", status_code=202)
-    async def create(self, request: Request) -> JSONResponse:
+    @app.post("/v1/videos", status_code=202, operation_id="createVideo", response_model=Video,
+              openapi_extra=SUBMIT_BODY, responses=errors(400, 415, 422, 429))
+    async def http_create(self, request: Request) -> JSONResponse:
+        fields, typed = await read_fields(request)
+        image = image_of(fields.pop("input_reference", None))
+        video = await self._submit(parse(VideoCreateParams, fields, typed), image)
+        return _json(video, status_code=202)
+
+    @app.get("/v1/videos", operation_id="listVideos", response_model=VideoList, responses=errors(404, 422))
+    async def http_list(self, limit: int = Query(20, ge=1, le=100),
+                        after: str | None = Query(None, pattern=f"^{JobIdConvertor.regex}$",
+                                                  description="last_id of the previous page"),
+                        order: Literal["desc"] = Query("desc", description="Newest first.")) -> JSONResponse:
+        return _json(self.service.list(limit=limit, after=after))
+
+    @app.post("/v1/videos/extensions", status_code=202, operation_id="extendVideo", response_model=Video,
+              openapi_extra=EXTEND_BODY, responses=errors(400, 404, 409, 415, 422, 429))
+    async def http_extend(self, request: Request) -> JSONResponse:
         await self._runner_started()
-        try:
-            params, image = await self._read_submit(request)
-            job = await self._submit(params, image)
-        except InvalidRequest as error:
-            return error_response(error.status_code, "invalid_request", str(error))
-        except QueueFull as error:
-            return error_response(429, "queue_full", str(error), headers={"Retry-After": str(error.retry_after_s)})
-        return _json(self._view(job), status_code=202)
+        fields, typed = await read_fields(request)
+        return _json(await self.service.extend(parse(ExtendParams, fields, typed)), status_code=202)
 
-    @app.get("/v1/videos")
-    async def list_jobs(self, limit: int = Query(20, ge=1, le=100), after: str | None = None) -> Response:
-        try:
-            jobs, has_more = self.store.list(limit=limit, after=after)
-        except KeyError:
-            return error_response(400, "invalid_cursor", f"unknown cursor {after!r}: pass a job id from a previous page")
-        return _json(JobList(data=[self._view(j) for j in jobs], has_more=has_more,
-                             next_cursor=jobs[-1].id if has_more else None))
+    @app.get("/v1/videos/{video_id:job_id}", operation_id="getVideo", response_model=Video, responses=errors(404, 422))
+    async def http_get(self, video_id: VideoId) -> JSONResponse:
+        return _json(self.service.view(self.service.job(video_id)))
 
-    @app.get("/v1/videos/{job_id}")
-    async def get_job(self, job_id: str) -> Response:
-        job = self.store.get(job_id)
-        return _json(self._view(job)) if job else _not_found(job_id)
+    @app.get("/v1/videos/{video_id:job_id}/content", operation_id="downloadVideoContent", response_class=Response,
+             responses={200: CONTENT, **errors(404, 409, 422)})
+    async def http_content(self, video_id: VideoId, variant: Variant = "video") -> Response:
+        return Response(await self.service.content(video_id, variant), media_type=MEDIA_TYPES[variant])
 
-    @app.get("/v1/videos/{job_id}/content")
-    async def content(self, job_id: str, variant: str = "video") -> Response:
-        job = self.store.get(job_id)
-        if job is None:
-            return _not_found(job_id)
-        if variant not in VARIANTS:
-            return error_response(400, "invalid_variant", f"variant must be one of {', '.join(VARIANTS)}")
-        if job.status is not JobStatus.COMPLETED:
-            return error_response(409, "not_ready", f"job {job_id} is {job.status.value}; content exists once completed")
-        name, media_type = VARIANTS[variant]
-        data = await asyncio.to_thread(self.artifacts.get, job_id, name)
-        return Response(data, media_type=media_type)
+    @app.post("/v1/videos/{video_id:job_id}/cancel", operation_id="cancelVideo", response_model=Video,
+              responses=errors(404, 409, 422))
+    async def http_cancel(self, video_id: VideoId) -> JSONResponse:
+        return _json(await self.service.cancel(video_id))
 
-    @app.post("/v1/videos/{job_id}/cancel")
-    async def cancel(self, job_id: str) -> Response:
-        job = self.store.get(job_id)
-        if job is None:
-            return _not_found(job_id)
-        if job.status.is_terminal:
-            return error_response(409, "already_finished", f"job {job_id} is already {job.status.value}")
-        return _json(self._view(await self.runner.cancel(job_id)))
+    @app.post("/v1/videos/{video_id:job_id}/remix", status_code=202, operation_id="remixVideo", response_model=Video,
+              responses=errors(400, 404, 422, 429))
+    async def http_remix(self, video_id: VideoId, remix: RemixParams) -> JSONResponse:
+        await self._runner_started()
+        return _json(await self.service.remix(video_id, remix), status_code=202)
 
-    @app.delete("/v1/videos/{job_id}")
-    async def delete(self, job_id: str) -> JSONResponse:
-        job = self.store.get(job_id)
-        if job is None:
-            return _not_found(job_id)
-        if not job.status.is_terminal:
-            await self.runner.cancel(job_id)
-        self.store.delete(job_id)
-        await asyncio.to_thread(self.artifacts.delete, job_id)
-        return JSONResponse({"id": job_id, "object": "video.deleted", "deleted": True})
+    @app.delete("/v1/videos/{video_id:job_id}", operation_id="deleteVideo", response_model=VideoDeleted,
+                responses=errors(404, 422))
+    async def http_delete(self, video_id: VideoId) -> JSONResponse:
+        return _json(await self.service.delete(video_id))
 
-    @app.get("/v1/videos/{job_id}/events")
-    async def events(self, job_id: str) -> Response:
-        if self.store.get(job_id) is None:
-            return _not_found(job_id)
-        return StreamingResponse(self._event_stream(job_id), media_type="text/event-stream",
+    @app.get("/v1/videos/{video_id:job_id}/events", operation_id="followVideo", response_class=StreamingResponse,
+             responses={200: {"description": "Server-sent events: `data: <the job as JSON>` after every change, "
+                                             "until it ends.", "content": {"text/event-stream": {}}},
+                        **errors(404, 422)})
+    async def http_events(self, video_id: VideoId) -> StreamingResponse:
+        self.service.job(video_id)
+        return StreamingResponse(self._event_stream(video_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    # Python callers inside the cluster: serve.get_app_handle("skyreels").submit_job.remote(...)
-    async def submit_job(self, params: dict[str, Any], input_reference: bytes | None = None) -> dict[str, Any]:
-        """Submit without HTTP; raises InvalidRequest or QueueFull like the route answers 4xx."""
+    async def _event_stream(self, job_id: str) -> AsyncIterator[str]:
+        async for video in self.service.follow(job_id, SSE_KEEPALIVE_S):
+            yield ": keep-alive\n\n" if video is None else f"data: {json.dumps(video.model_dump(mode='json'))}\n\n"
+
+    async def _submit(self, params: VideoCreateParams, image: Any) -> Video:
         await self._runner_started()
-        image = read_image(input_reference) if input_reference is not None else None
-        try:
-            params = VideoCreateParams.model_validate(params)
-        except ValidationError as error:
-            raise InvalidRequest(validation_message(error)) from error
-        return self._view(await self._submit(params, image)).model_dump(mode="json")
+        return await self.service.submit(params, image)
 
-    async def job_status(self, job_id: str) -> dict[str, Any] | None:
-        job = self.store.get(job_id)
-        return self._view(job).model_dump(mode="json") if job else None
+    # ------------------------------------------------------------------ DeploymentHandle API
+    # serve.get_app_handle("skyreels").submit_job.remote({...}); every method answers what the HTTP route of the
+    # same name does, as plain JSON-able dicts, and raises the route's ApiError (or QueueFull) where it answers 4xx.
 
-    async def _event_stream(self, job_id: str):
-        async with self.runner.events.follow(job_id) as updates:
-            job = self.store.get(job_id)
-            while job is not None:
-                yield f"data: {json.dumps(self._view(job).model_dump(mode='json'))}\n\n"
-                if job.status.is_terminal:
-                    return
-                try:
-                    job = await asyncio.wait_for(updates.get(), SSE_KEEPALIVE_S)
-                except asyncio.TimeoutError:
-                    yield ": keep-alive\n\n"
-                    job = self.store.get(job_id)
+    async def submit_job(self, params: dict[str, Any], input_reference: bytes | None = None) -> dict[str, Any]:
+        """POST /v1/videos: `params` are the JSON body's fields; `input_reference` the I2V image's bytes."""
+        video = await self._submit(parse(VideoCreateParams, params), image_of(input_reference))
+        return video.model_dump(mode="json")
 
-    async def _submit(self, params: VideoCreateParams, image: Image.Image | None) -> Job:
-        job, request = new_job(params, image, self.served_models)
-        return await self.runner.submit(job, request, to_png(image) if image is not None else None)
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        return self.service.view(self.service.job(job_id)).model_dump(mode="json")
 
-    async def _read_submit(self, request: Request) -> tuple[VideoCreateParams, Image.Image | None]:
-        content_type = request.headers.get("content-type", "")
-        try:
-            if content_type.startswith("multipart/form-data"):
-                form = await request.form()
-                upload = form.get("input_reference")
-                fields = {k: v for k, v in form.items() if k != "input_reference" and v != ""}
-                params = VideoCreateParams.model_validate(fields)
-                image = await upload.read() if isinstance(upload, UploadFile) else None
-                if isinstance(upload, str) and upload:
-                    image = decode_data_url(upload)
-            else:
-                try:
-                    body = await request.json()
-                except json.JSONDecodeError as error:
-                    raise InvalidRequest(f"the body is not valid JSON ({error})", 400) from error
-                params = VideoCreateParams.model_validate(body)
-                image = decode_data_url(params.input_reference) if params.input_reference else None
-        except ValidationError as error:
-            raise InvalidRequest(validation_message(error)) from error
-        return params, read_image(image) if image is not None else None
+    async def list_jobs(self, limit: int = 20, after: str | None = None) -> dict[str, Any]:
+        return self.service.list(limit=limit, after=after).model_dump(mode="json")
 
-    def _view(self, job: Job) -> Job:
-        """The job as clients see it: with its live queue position."""
-        position = self.runner.queue_position(job.id)
-        return job.model_copy(update={"queue_position": position}) if position else job
+    async def follow_job(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The job after every change, until it ends: call with `handle.options(stream=True)`."""
+        async for video in self.service.follow(job_id):
+            yield video.model_dump(mode="json")
+
+    async def wait_for_job(self, job_id: str) -> dict[str, Any]:
+        """The job once it has ended (completed, failed or cancelled)."""
+        async for video in self.service.follow(job_id):
+            if video.status.is_terminal:
+                return video.model_dump(mode="json")
+        raise AssertionError("follow ends on a terminal job")
+
+    async def job_content(self, job_id: str, variant: Variant = "video") -> bytes:
+        return await self.service.content(job_id, variant)
+
+    async def job_video_url(self, job_id: str) -> str:
+        """Where the finished video is stored (the artifact store's URL: a path, s3://...), to read directly."""
+        return await self.service.video_url(job_id)
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return (await self.service.cancel(job_id)).model_dump(mode="json")
+
+    async def delete_job(self, job_id: str) -> dict[str, Any]:
+        return (await self.service.delete(job_id)).model_dump(mode="json")
+
+    async def remix_job(self, job_id: str, prompt: str) -> dict[str, Any]:
+        await self._runner_started()
+        return (await self.service.remix(job_id, parse(RemixParams, {"prompt": prompt}))).model_dump(mode="json")
+
+    async def extend_job(self, job_id: str, prompt: str, **length: Any) -> dict[str, Any]:
+        """POST /v1/videos/extensions; `length`: seconds= or num_frames= of the continuation."""
+        await self._runner_started()
+        params = parse(ExtendParams, {"prompt": prompt, "video": {"id": job_id}, **length})
+        return (await self.service.extend(params)).model_dump(mode="json")

@@ -6,28 +6,103 @@ import base64
 import binascii
 import io
 import re
-import uuid
+import secrets
+import time
+from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
+from serve_app.model_cards import model_card
 from serve_app.schemas import SHARED_FIELDS, Job, VideoCreateParams
 from skyreels.models import SERVED_MODEL_IDS, ServedModel
-from skyreels.request import GenerationRequest
+from skyreels.request import MAX_FRAMES, GenerationRequest
 from skyreels.validation import describe_validation_error
 
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
 DATA_URL_PATTERN = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.DOTALL)
+BRACKETED_KEY = re.compile(r"^(\w+)\[(\w+)\]$")  # a form field of a nested object: video[id]
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 TASKS = {model_id: task for task, model_id in SERVED_MODEL_IDS.items()}
+Model = TypeVar("Model", bound=BaseModel)
 
 
-class InvalidRequest(ValueError):
+class ApiError(Exception):
+    """A request the service answers with a 4xx: the same for HTTP clients and DeploymentHandle callers."""
+
+    def __init__(self, message: str, status_code: int, code: str) -> None:
+        super().__init__(message)
+        self.message, self.status_code, self.code = message, status_code, code
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses Ray's process boundary whole
+        return type(self), (self.message, self.status_code, self.code)
+
+
+class InvalidRequest(ApiError):
     """A submit the service refuses; the message says what is allowed."""
 
-    def __init__(self, message: str, status_code: int = 422) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+    def __init__(self, message: str, status_code: int = 422, code: str = "invalid_request") -> None:
+        super().__init__(message, status_code, code)
+
+
+async def read_fields(request: Request) -> tuple[dict[str, Any], bool]:
+    """A JSON object, or a form's fields (files as bytes, `a[b]` keys as nested objects, empty fields left out),
+    and whether its values are typed (JSON) rather than all text (a form)."""
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type in FORM_TYPES:
+        try:
+            form = await request.form()
+        except (HTTPException, ValueError) as error:
+            raise InvalidRequest(f"the body is not a readable form ({error})", 400, "invalid_body") from error
+        fields: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            value = await value.read() if isinstance(value, UploadFile) else value
+            nested = BRACKETED_KEY.match(key)
+            if value == "":
+                continue
+            if nested:
+                fields.setdefault(nested[1], {})[nested[2]] = value
+            else:
+                fields[key] = value
+        return fields, False
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise InvalidRequest(f"send application/json or multipart/form-data, not {content_type}", 415,
+                             "unsupported_media_type")
+    try:
+        body = await request.json()
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise InvalidRequest(f"the body is not valid JSON ({error})", 400, "invalid_json") from error
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"the body must be a JSON object, not {type(body).__name__}")
+    return body, True
+
+
+def image_of(reference: Any) -> Image.Image | None:
+    """An input_reference: a file, a data URL, or OpenAI's {"image_url": data URL}."""
+    if isinstance(reference, dict):
+        if set(reference) != {"image_url"}:
+            raise InvalidRequest("input_reference: upload the image, or give {\"image_url\": \"data:image/...\"}; "
+                                 "file ids are not supported")
+        reference = reference["image_url"]
+    if reference is None:
+        return None
+    if isinstance(reference, str):
+        reference = decode_data_url(reference)
+    if not isinstance(reference, bytes):
+        raise InvalidRequest("input_reference must be an image file or a data URL")
+    return read_image(reference)
+
+
+def parse(model: type[Model], fields: dict[str, Any], typed: bool = True) -> Model:
+    """`fields` as `model`; typed values must have their field's type (false is no number), text is converted."""
+    try:
+        return model.model_validate(fields, strict=typed)
+    except ValidationError as error:
+        raise InvalidRequest(validation_message(error)) from error
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -65,26 +140,55 @@ def to_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def new_job(params: VideoCreateParams, image: Image.Image | None,
-            served_models: list[ServedModel]) -> tuple[Job, GenerationRequest]:
+def new_job(params: VideoCreateParams, image: Image.Image | None, served_models: list[ServedModel],
+            **lineage: Any) -> tuple[Job, GenerationRequest]:
     """Validates everything known at submit, so nothing fails mid-run for a reason known now: the job record
-    and the request it runs (with its seed drawn)."""
-    if params.model not in {model.id for model in served_models}:
-        available = ", ".join(model.id for model in served_models)
-        raise InvalidRequest(f"unknown model {params.model!r}; available models: {available}", 400)
+    and the request it runs (with its seed drawn). Fields left out get the model's defaults; `lineage` names
+    the job this one remixes or extends."""
+    served = {model.id: model for model in served_models}
+    if params.model not in served:
+        raise InvalidRequest(f"unknown model {params.model!r}; available models: {', '.join(served)}", 400)
+    params = with_model_defaults(params, served[params.model])
     try:
         request = to_generation_request(params, image).with_seed()
     except ValidationError as error:
         raise InvalidRequest(validation_message(error)) from error
     job = Job(
-        id=f"video_{uuid.uuid4().hex}",
+        # hex nanoseconds first: ids sort in submit order, as pages do
+        id=f"video_{time.time_ns():016x}{secrets.token_hex(8)}",
         model=params.model,
         size=f"{request.width}x{request.height}",
         has_input_reference=image is not None,
         total_steps=request.num_inference_steps,
         **request.model_dump(include=set(SHARED_FIELDS)),
-    )
+        **lineage,
+    ).model_copy(update={"prompt": params.prompt.strip()})  # as typed: the model's prefix stays in the request
     return job, request
+
+
+def with_model_defaults(params: VideoCreateParams, model: ServedModel) -> VideoCreateParams:
+    """`params` with the model's defaults where a field was left out, and `seconds` turned into frames."""
+    defaults = model_card(model).defaults
+    if params.seconds is not None and params.num_frames is not None:
+        raise InvalidRequest("give seconds or num_frames, not both")
+    num_frames = params.num_frames or defaults.num_frames
+    if params.seconds is not None:
+        num_frames = frames_for(float(params.seconds), params.fps)
+    return params.model_copy(update={
+        "size": params.size or defaults.size,
+        "num_frames": num_frames,
+        "num_inference_steps": params.num_inference_steps or defaults.num_inference_steps,
+        "seconds": None,
+    })
+
+
+def frames_for(seconds: float, fps: int) -> int:
+    """Frames of `seconds` of video at `fps`, rounded to the nearest 4k+1 the model makes."""
+    frames = 4 * round(seconds * fps / 4) + 1
+    if frames > MAX_FRAMES:
+        raise InvalidRequest(f"seconds: at most {(MAX_FRAMES - 1) / fps:g} s at {fps} fps ({MAX_FRAMES} frames), "
+                             f"got {seconds:g}")
+    return frames
 
 
 def to_generation_request(source: VideoCreateParams | Job, image: Image.Image | None) -> GenerationRequest:

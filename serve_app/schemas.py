@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from enum import Enum
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -51,18 +51,37 @@ SHARED_FIELDS = (
 )
 
 _REQUEST_FIELDS = GenerationRequest.model_fields
+# OpenAI's `seconds` is a string ("4"); a number is welcome too
+Seconds = Annotated[float, Field(gt=0)] | Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*$")] | None
+# Submit fields whose default is the model's (GET /v1/models): a small preset gets small videos.
+MODEL_DEFAULTED = ("num_frames", "num_inference_steps")
+
+
+def _model_defaulted_field(name: str) -> Any:
+    field = _REQUEST_FIELDS[name]
+    return field.annotation | None, Field(None, description=f"{field.description} Default: the model's.")
+
+
 VideoCreateParams = create_model(
     "VideoCreateParams",
-    __config__=ConfigDict(extra="forbid"),
+    __config__=ConfigDict(extra="forbid", json_schema_extra={"example": {
+        "prompt": "a cat walks on the grass", "model": SERVED_MODEL_IDS[Task.T2V], "size": "960x544",
+        "seconds": 4, "seed": 42}}),
     __doc__="POST /v1/videos (JSON body, or the form fields of a multipart body). The limits are "
-            "GenerationRequest's; a value outside them is refused with 422 and the rule it broke.",
-    model=(str, Field(SERVED_MODEL_IDS[Task.T2V], description="A model id of GET /v1/models.")),
-    size=(str, Field(f"{_REQUEST_FIELDS['width'].default}x{_REQUEST_FIELDS['height'].default}",
-                     description="WIDTHxHEIGHT, e.g. 960x544, 544x960, 720x720: "
-                                 f"{_REQUEST_FIELDS['width'].description}")),
+            "GenerationRequest's; a value outside them, or a combination the model cannot run, is refused with "
+            "422 and the rule it broke. Fields left out get the model's defaults (GET /v1/models).",
+    model=(str, Field(SERVED_MODEL_IDS[Task.T2V], description="A model id of GET /v1/models.",
+                      json_schema_extra={"enum": list(SERVED_MODEL_IDS.values())})),
+    size=(str | None, Field(None, pattern=r"^\s*\d+x\d+\s*$",
+                            description="WIDTHxHEIGHT, e.g. 960x544, 544x960, 720x720: "
+                                        f"{_REQUEST_FIELDS['width'].description} Default: the model's.")),
+    seconds=(Seconds, Field(None, examples=[4],
+                            description="Duration (OpenAI's field): frames = seconds x fps, rounded to 4k+1. "
+                                        "Give seconds or num_frames, not both.")),
     input_reference=(str | None, Field(None, description="I2V first frame as a data URL (JSON bodies), or a "
                                                          "file (multipart bodies).")),
-    **{name: _request_field(name) for name in SHARED_FIELDS},
+    **{name: _request_field(name) for name in SHARED_FIELDS if name not in MODEL_DEFAULTED},
+    **{name: _model_defaulted_field(name) for name in MODEL_DEFAULTED},
 )
 
 
@@ -83,6 +102,9 @@ class Job(BaseModel):
     seed: int
     fps: int
     has_input_reference: bool = False
+    remixed_from_video_id: str | None = None
+    extended_from_video_id: str | None = None
+    prefix_frames: int = Field(0, description="An extension's frames taken from the video it continues.")
     progress: int = Field(0, ge=0, le=100)
     phase: Phase = Phase.QUEUED
     current_step: int = 0
@@ -93,10 +115,3 @@ class Job(BaseModel):
     completed_at: float | None = None
     error: JobError | None = None
     metrics: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
-
-
-class JobList(BaseModel):
-    object: str = "list"
-    data: list[Job]
-    has_more: bool
-    next_cursor: str | None = None

@@ -11,7 +11,12 @@ function classedElement(tag, className) {
 
 (function () {
   const API = "/v1";
-  const modelTasks = {}; // model id -> "t2v" | "i2v", from GET /v1/models (the server's registry)
+  const modelCards = {}; // model id -> {task, defaults, limits}, from GET /v1/models (the server's registry)
+  const STANDARD_SIZES = [
+    ["960x544", "landscape"],
+    ["544x960", "portrait"],
+    ["720x720", "square"],
+  ];
   const TERMINAL = new Set(["completed", "failed", "cancelled"]);
   const GALLERY_PAGE = 12;
   const POLL_MS = 1000;
@@ -62,7 +67,7 @@ function classedElement(tag, className) {
     job: null,
     source: null, // EventSource following state.jobId
     pollTimer: null,
-    nextCursor: null,
+    nextCursor: null, // last_id of the gallery's last page, while more follow
     submitting: false,
   };
 
@@ -154,6 +159,12 @@ function classedElement(tag, className) {
     return s < 10 ? `${s.toFixed(1)} s` : `${Math.round(s)} s`;
   }
 
+  function fmtDuration(s) {
+    if (s < 60) return `${Math.max(1, Math.round(s))} s`;
+    const minutes = Math.round(s / 60);
+    return minutes < 60 ? `${minutes} min` : `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+  }
+
   function fmtTime(ts) {
     if (!ts) return "";
     const d = new Date(ts * 1000);
@@ -174,7 +185,7 @@ function classedElement(tag, className) {
       const body = await api(`${API}/models`);
       const models = (body && Array.isArray(body.data) ? body.data : []).filter((m) => m.id);
       if (!models.length) return;
-      for (const m of models) modelTasks[m.id] = m.task;
+      for (const m of models) modelCards[m.id] = m;
       const ids = models.map((m) => m.id);
       const previous = el.model.value;
       el.model.textContent = "";
@@ -193,7 +204,7 @@ function classedElement(tag, className) {
   }
 
   function isI2V() {
-    const task = modelTasks[el.model.value];
+    const task = modelCards[el.model.value] && modelCards[el.model.value].task;
     return task ? task === "i2v" : /(^|-)i2v($|-)/.test(el.model.value);
   }
 
@@ -202,6 +213,33 @@ function classedElement(tag, className) {
     el.imageField.hidden = !i2v;
     el.image.required = i2v;
     if (!i2v) markInvalid(el.image, false);
+    applyDefaults(modelCards[el.model.value]);
+  }
+
+  /** The model's recommended size, frames and steps, so that a plain Generate finishes in reasonable time. */
+  function applyDefaults(card) {
+    if (!card || !card.defaults) return;
+    const d = card.defaults;
+    const sizes = STANDARD_SIZES.filter(([value]) => value !== d.size);
+    el.size.textContent = "";
+    const [w, h] = d.size.split("x");
+    for (const [value, label] of [[d.size, "recommended"], ...sizes]) {
+      const [sw, sh] = value.split("x");
+      el.size.appendChild(new Option(`${sw} × ${sh} (${label})`, value));
+    }
+    el.size.appendChild(new Option("Custom…", "custom"));
+    el.size.value = d.size;
+    el.frames.value = d.num_frames;
+    el.steps.value = d.num_inference_steps;
+    el.guidance.value = d.guidance_scale;
+    el.fps.value = d.fps;
+    if (card.limits) {
+      el.frames.max = card.limits.max_frames;
+      el.steps.max = card.limits.max_inference_steps;
+    }
+    $("defaults-help").textContent =
+      `Recommended for ${card.id}: ${w} × ${h}, ${d.num_frames} frames, ${d.num_inference_steps} steps.`;
+    onSizeChange();
   }
 
   function onSizeChange() {
@@ -421,6 +459,7 @@ function classedElement(tag, className) {
         if (job.phase === "denoising" && job.total_steps) {
           text += ` — step ${job.current_step} / ${job.total_steps}`;
         }
+        if (job.eta_seconds != null) text += ` — about ${fmtDuration(job.eta_seconds)} left`;
         return text;
       }
       case "completed": {
@@ -623,7 +662,7 @@ function classedElement(tag, className) {
         }
         fillCard(li, job);
       }
-      state.nextCursor = body && body.has_more ? body.next_cursor || (jobs.length ? jobs[jobs.length - 1].id : null) : null;
+      state.nextCursor = body && body.has_more ? body.last_id : null;
       el.loadMore.hidden = !state.nextCursor;
       el.galleryEmpty.hidden = el.gallery.children.length > 0;
       highlightActive();

@@ -26,13 +26,16 @@ def client(serve_base_url: str) -> VideoClient:
 
 def test_t2v_job_follows_sse_and_equals_local_pipeline(client: VideoClient) -> None:
     job = client.submit("a cat walks on the grass", seed=42, **SMALL)
-    assert job["status"] == "queued" and job["seed"] == 42 and job["prompt"] == "FPS-24, a cat walks on the grass"
+    assert job["status"] == "queued" and job["seed"] == 42 and job["prompt"] == "a cat walks on the grass"
     updates = list(client.events(job["id"], timeout_s=120))
     final = updates[-1]
     assert final["status"] == "completed" and final["progress"] == 100 and final["phase"] == "done"
     progress = [u["progress"] for u in updates]
     assert progress == sorted(progress)
     assert {u["current_step"] for u in updates if u["phase"] == "denoising"} >= {1, 2, 3, 4}
+    timed = [u for u in updates if u["phase"] == "denoising" and u["current_step"] >= 1]
+    assert timed and all(isinstance(u["eta_seconds"], int) and u["eta_seconds"] >= 0 for u in timed)
+    assert final["eta_seconds"] is None
     assert set(final["metrics"]) >= {"text_encode", "denoise", "decode"}
 
     served = decode_mp4(client.content(job["id"]))
@@ -68,6 +71,19 @@ def test_i2v_data_url_in_json(client: VideoClient, first_frame: Image.Image) -> 
     assert client.wait(job["id"], timeout_s=120)["status"] == "completed"
 
 
+def test_left_out_fields_get_the_models_defaults_and_seconds_map_to_frames(client: VideoClient) -> None:
+    job = client.submit("defaults", seed=1)
+    assert (job["size"], job["num_frames"], job["num_inference_steps"]) == ("64x64", 9, 4)
+    assert isinstance(job["created_at"], int) and job["seconds"] == "0.375"
+    timed = client.submit("two seconds at 4 fps", seconds="2", fps=4, num_inference_steps=1)
+    assert timed["num_frames"] == 9 and timed["seconds"] == "2.25"
+    for job_id in (job["id"], timed["id"]):
+        client.delete(job_id)
+    with pytest.raises(VideoAPIError, match=r"seconds: at most 12 s at 24 fps \(289 frames\)") as too_long:
+        client.submit("long", seconds="13")
+    assert too_long.value.status_code == 422
+
+
 def test_random_seed_is_reported(client: VideoClient) -> None:
     job = client.submit("a dog", seed=-1, **SMALL)
     assert 0 <= job["seed"] < 2**32
@@ -89,6 +105,7 @@ def test_random_seed_is_reported(client: VideoClient) -> None:
         (dict(model="skyreels-v1-i2v"), 422, "task i2v requires an image (the first frame to animate)"),
         (dict(model="sora"), 400, "unknown model 'sora'; available models: skyreels-v1-t2v, skyreels-v1-i2v"),
         (dict(steps=4), 422, "steps: Extra inputs are not permitted"),
+        (dict(seconds="1"), 422, "give seconds or num_frames, not both"),
         (dict(input_reference="data:text/plain;base64,aGk="), 422, "input_reference must be a data URL"),
         (dict(model="skyreels-v1-i2v", input_reference="data:image/png;base64,aGk="), 422,
          "input_reference is not a readable image"),
@@ -108,11 +125,19 @@ def test_t2v_refuses_an_image(client: VideoClient) -> None:
     assert refused.value.status_code == 422
 
 
-def test_not_json(serve_base_url: str) -> None:
+@pytest.mark.parametrize(("body", "content_type", "status", "message"), [
+    (b"{nope", "application/json", 400, "not valid JSON"),
+    (b"\xff\xfe", "application/json", 400, "not valid JSON"),
+    (b"[1, 2]", "application/json", 422, "the body must be a JSON object"),
+    (b"--x\r\nbroken", "multipart/form-data; boundary=x", 400, "not a readable form"),
+    (b"prompt", "text/plain", 415, "send application/json or multipart/form-data"),
+])
+def test_malformed_bodies_get_4xx(serve_base_url: str, body: bytes, content_type: str, status: int,
+                                  message: str) -> None:
     import httpx
 
-    response = httpx.post(f"{serve_base_url}/v1/videos", content=b"{nope", headers={"content-type": "application/json"})
-    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
+    response = httpx.post(f"{serve_base_url}/v1/videos", content=body, headers={"content-type": content_type})
+    assert response.status_code == status and message in response.json()["error"]["message"]
 
 
 def test_unknown_job_is_404(client: VideoClient) -> None:
@@ -126,6 +151,10 @@ def test_models_health_metrics(client: VideoClient, serve_base_url: str) -> None
     import httpx
 
     assert client.models() == ["skyreels-v1-t2v", "skyreels-v1-i2v"]
+    card = httpx.get(f"{serve_base_url}/v1/models").json()["data"][0]
+    assert card["defaults"] | {"seconds": None} == dict(size="64x64", num_frames=9, num_inference_steps=4,
+                                                       guidance_scale=6.0, fps=24, seconds=None)
+    assert card["limits"]["max_frames"] == 289
     assert httpx.get(f"{serve_base_url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{serve_base_url}/readyz").status_code == 200
     metrics = httpx.get(f"{serve_base_url}/metrics").text
@@ -138,7 +167,8 @@ def test_list_paginates_newest_first_and_delete(client: VideoClient) -> None:
         client.wait(job_id, timeout_s=120)
     first = client.list(limit=2)
     assert [j["id"] for j in first["data"]] == ids[::-1][:2] and first["has_more"]
-    second = client.list(limit=2, after=first["next_cursor"])
+    assert first["first_id"] == ids[2] and first["last_id"] == ids[1]
+    second = client.list(limit=2, after=first["last_id"])
     assert second["data"][0]["id"] == ids[0]
 
     assert client.delete(ids[0])["deleted"] is True
@@ -161,22 +191,3 @@ def _png_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (10, 200, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def test_python_callers_use_the_app_handle(serve_app) -> None:
-    import time
-
-    from ray import serve
-
-    app = serve.get_app_handle(serve_app.name)
-    job = app.submit_job.remote({"prompt": "through a handle", **SMALL, "seed": 3}).result()
-    assert job["status"] == "queued" and job["seed"] == 3
-    deadline = time.monotonic() + 120
-    while (job := app.job_status.remote(job["id"]).result())["status"] not in ("completed", "failed"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert job["status"] == "completed"
-    assert (serve_app.artifact_dir / job["id"] / "video.mp4").stat().st_size > 1000
-    assert app.job_status.remote("video_missing").result() is None
-    with pytest.raises(Exception, match="num_frames must be 4k\\+1"):
-        app.submit_job.remote({"prompt": "bad", **SMALL, "num_frames": 8}).result()

@@ -108,6 +108,20 @@ def test_page_generates_and_plays_a_video(browser, serve_base_url: str, tmp_path
     Select(by_id("model")).select_by_value("skyreels-v1-t2v")
     assert not by_id("image").is_displayed(), "the image input is for i2v only"
 
+    # the tiny preset's recommended defaults, from GET /v1/models, fill the form
+    assert Select(by_id("size")).first_selected_option.get_attribute("value") == "64x64"
+    assert (by_id("frames").get_attribute("value"), by_id("steps").get_attribute("value")) == ("9", "4")
+    assert "Recommended for skyreels-v1-t2v" in by_id("defaults-help").text
+    # the size picker shows its longest label whole
+    assert driver.execute_script(
+        "const select = arguments[0], style = getComputedStyle(select);"
+        "const context = document.createElement('canvas').getContext('2d');"
+        "context.font = `${style.fontSize} ${style.fontFamily}`;"
+        "const widest = Math.max(...[...select.options].map((o) => context.measureText(o.text).width));"
+        "return select.getBoundingClientRect().width >= widest + 24;",
+        by_id("size"),
+    ), "the size picker cuts its labels off"
+
     by_id("prompt").send_keys("a cat walks on the grass, realistic")
     assert not by_id("custom-size").is_displayed()
     Select(by_id("size")).select_by_value("custom")
@@ -152,6 +166,10 @@ def test_page_generates_and_plays_a_video(browser, serve_base_url: str, tmp_path
     # the gallery shows the job as completed, with its thumbnail
     job_id = state["src"].split("/v1/videos/")[1].split("/")[0]
     card = f'#gallery li[data-id="{job_id}"]'
+    _wait(driver, lambda: driver.execute_script(
+        "const li = document.querySelector(arguments[0]); return !!li"
+        " && li.querySelector('.card-prompt').textContent === 'a cat walks on the grass, realistic';", card),
+        30, "the gallery card to show the prompt as typed")
     _wait(
         driver,
         lambda: driver.execute_script(

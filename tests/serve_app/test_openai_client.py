@@ -1,0 +1,98 @@
+"""The official `openai` package, unchanged, as the client of the running app (`base_url=<app>/v1`)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests_support import assert_same_video, decode_mp4
+
+openai = pytest.importorskip("openai")
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+# 9 frames of 64x64 in 2 steps: seconds="2" at fps=4 is 8 frames, rounded to 4k+1 = 9
+CHEAP = {"fps": 4, "num_inference_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def client(serve_base_url: str):
+    warnings.simplefilter("ignore", DeprecationWarning)  # the package marks the videos API deprecated
+    with openai.OpenAI(base_url=f"{serve_base_url}/v1", api_key="unused", max_retries=0, timeout=60) as client:
+        yield client
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_create_poll_download_remix_extend_delete(client) -> None:
+    video = client.videos.create(prompt="a red kite", seconds="2", size="64x64", extra_body={**CHEAP, "seed": 11})
+    assert video.object == "video" and video.status == "queued" and isinstance(video.created_at, int)
+    assert video.prompt == "a red kite" and video.size == "64x64" and video.seconds == "2.25"
+    assert client.videos.retrieve(video.id).id == video.id
+
+    done = client.videos.poll(video.id, poll_interval_ms=200)
+    assert done.status == "completed" and done.progress == 100 and isinstance(done.completed_at, int)
+    frames = decode_mp4(client.videos.download_content(video.id).read())
+    assert frames.shape == (9, 64, 64, 3)
+    thumbnail = Image.open(io.BytesIO(client.videos.download_content(video.id, variant="thumbnail").read()))
+    assert thumbnail.format == "JPEG" and thumbnail.size == (64, 64)
+
+    # remix: a new prompt on the same seed and settings
+    remix = client.videos.remix(video.id, prompt="a blue kite")
+    assert remix.remixed_from_video_id == video.id and remix.prompt == "a blue kite"
+    remixed = client.videos.retrieve(remix.id).model_dump()
+    assert {key: remixed[key] for key in ("seed", "size", "num_frames", "num_inference_steps", "fps")} == \
+        dict(seed=11, size="64x64", num_frames=9, num_inference_steps=2, fps=4)
+    assert client.videos.poll(remix.id, poll_interval_ms=200).status == "completed"
+
+    # extend: the original's frames, then an I2V continuation from its last frame
+    extension = client.videos.extend(prompt="the kite flies away", seconds="2", video={"id": video.id})
+    assert extension.model_dump()["extended_from_video_id"] == video.id and extension.seconds == "4.25"
+    assert client.videos.poll(extension.id, poll_interval_ms=200).status == "completed"
+    longer = decode_mp4(client.videos.download_content(extension.id).read())
+    assert longer.shape == (9 + 9 - 1, 64, 64, 3)
+    assert_same_video(longer[:9], frames)
+
+    for job_id in (video.id, remix.id, extension.id):
+        deleted = client.videos.delete(job_id)
+        assert deleted.deleted and deleted.object == "video.deleted" and deleted.id == job_id
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve(video.id)
+
+
+def test_create_and_poll_with_an_input_reference_file(client) -> None:
+    video = client.videos.create_and_poll(
+        prompt="the green square comes alive", model="skyreels-v1-i2v", size="64x64", seconds="2",
+        input_reference=("first.png", _png((20, 200, 40)), "image/png"), poll_interval_ms=200,
+        extra_body={**CHEAP, "negative_prompt": "blur"})
+    assert video.status == "completed" and video.model == "skyreels-v1-i2v"
+    first = decode_mp4(client.videos.download_content(video.id).read())[0]
+    assert np.abs(first.astype(int) - [20, 200, 40]).mean() < 40, "the video starts from the given image"
+    client.videos.delete(video.id)
+
+
+def test_list_auto_paginates_over_every_page(client) -> None:
+    ids = [client.videos.create(prompt=f"page {i}", extra_body={"num_inference_steps": 1}).id for i in range(3)]
+    listed = [video.id for video in client.videos.list(limit=1)]
+    assert listed[:3] == ids[::-1]
+    page = client.videos.list(limit=2)
+    assert page.has_more and page.last_id == ids[1]
+    for job_id in ids:
+        client.videos.delete(job_id)
+
+
+def test_errors_arrive_as_the_clients_exceptions(client) -> None:
+    with pytest.raises(openai.UnprocessableEntityError, match=r"at most 12 s at 24 fps \(289 frames\)"):
+        client.videos.create(prompt="too long", seconds="16")
+    with pytest.raises(openai.BadRequestError, match="unknown model 'sora-2'"):
+        client.videos.create(prompt="a cat", model="sora-2")
+    with pytest.raises(openai.NotFoundError):
+        client.videos.remix("video_missing", prompt="x")
