@@ -171,13 +171,14 @@ def with_model_defaults(params: VideoCreateParams, model: ServedModel) -> VideoC
     defaults = model_card(model).defaults
     if params.seconds is not None and params.num_frames is not None:
         raise InvalidRequest("give seconds or num_frames, not both")
-    num_frames = params.num_frames or defaults.num_frames
+    num_frames = defaults.num_frames if params.num_frames is None else params.num_frames
     if params.seconds is not None:
         num_frames = frames_for(float(params.seconds), params.fps)
+    steps = params.num_inference_steps
     return params.model_copy(update={
-        "size": params.size or defaults.size,
+        "size": defaults.size if params.size is None else params.size,
         "num_frames": num_frames,
-        "num_inference_steps": params.num_inference_steps or defaults.num_inference_steps,
+        "num_inference_steps": defaults.num_inference_steps if steps is None else steps,
         "seconds": None,
     })
 
