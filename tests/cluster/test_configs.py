@@ -29,10 +29,11 @@ STAGES = {"TextEncoder", "Denoiser", "Vae", "VideoIngress"}
 DIT_HEADS = 24  # HunyuanVideo attention heads: the Ulysses degree must divide this
 HEAD_NODE = "node:__internal_head__"
 
-SERVE_FILES = ["serve_config.local.yaml", "serve_config.gpu1.yaml", "serve_config.gpu8.yaml"]
+SERVE_FILES = ["serve_config.local.yaml", "serve_config.sim.yaml", "serve_config.gpu1.yaml", "serve_config.gpu8.yaml"]
 LAUNCHER_FILES = ["aws.yaml", "gcp.yaml"]
 KUBERAY_FILE = "kuberay-rayservice.yaml"
-GPUS_PER_NODE = {"serve_config.local.yaml": 0, "serve_config.gpu1.yaml": 1, "serve_config.gpu8.yaml": 8}
+GPUS_PER_NODE = {"serve_config.local.yaml": 0, "serve_config.sim.yaml": 0, "serve_config.gpu1.yaml": 1,
+                 "serve_config.gpu8.yaml": 8}
 
 
 def _load(name: str) -> dict:
@@ -183,6 +184,18 @@ def test_local_config_needs_no_gpu():
     assert cpus <= 2
     assert args["database_path"].startswith("/tmp/skyreels-serve/")
     assert args["artifact_url"].startswith("/tmp/skyreels-serve/")
+
+
+def test_sim_config_autoscales_every_stage_within_two_cpus():
+    config = SERVE_CONFIGS["serve_config.sim.yaml"]
+    args = _args(config)
+    assert args["model"].startswith("sim") and args["i2v_model"].startswith("sim") and args["device"] == "cpu"
+    deployments = _deployments(config)
+    assert all("autoscaling_config" in d for name, d in deployments.items() if name != "VideoIngress")
+    assert all(_gpus(d) == 0 for d in deployments.values())
+    cpus = sum(d["ray_actor_options"]["num_cpus"] * _replicas(d, "max") for d in deployments.values())
+    cpus += args["worker_cpus"] * args["gpus_per_replica"] * _replicas(deployments["Denoiser"], "max")
+    assert cpus <= 2
 
 
 def test_gpu1_fits_one_gpu():
