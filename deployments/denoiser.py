@@ -83,8 +83,10 @@ class Denoiser:
         reserve_gpus: bool = True,
         sequence_batch: bool = False,
         artifact_url: str | None = None,
+        hang_timeout_s: float = 600.0,
     ) -> None:
-        """With an `artifact_url` the gang also decodes (decode_to_storage): every rank loads the VAE."""
+        """With an `artifact_url` the gang also decodes (decode_to_storage): every rank loads the VAE.
+        `hang_timeout_s`: the watchdog's limit on the silence between two answers of the gang."""
         placement_group = get_current_placement_group()
         if placement_group is None or len(placement_group.bundle_specs) != gpus_per_replica + 1:
             raise RuntimeError(
@@ -94,7 +96,8 @@ class Denoiser:
         self.artifacts = ArtifactStore(artifact_url) if artifact_url is not None else None
         spec = RankSpec(transformers=config.sources, device=config.device, dtype=config.torch_dtype,
                         world_size=gpus_per_replica, sequence_batch=sequence_batch, optimize=config.optimize,
-                        decode=self.artifacts is not None)
+                        decode=self.artifacts is not None, collective_timeout_s=hang_timeout_s)
+        self.hang_timeout_s = hang_timeout_s
         worker_class = ray.remote(DiTWorker)
         replica = serve.get_replica_context().replica_id.unique_id
         self.workers = [
@@ -130,6 +133,10 @@ class Denoiser:
         frames = [item async for item in self._run(Decode(latents))][0]
         return await asyncio.to_thread(store_video, self.artifacts, job_id, frames, fps, time.perf_counter() - start)
 
+    async def ready(self) -> bool:
+        """The gang is built and whole: it can take work."""
+        return self._dead is None
+
     async def check_health(self) -> None:
         if self._dead:
             raise GangWorkerDied(self._dead)
@@ -147,8 +154,8 @@ class Denoiser:
             streams = [worker.run.options(num_returns="streaming").remote(command) for worker in workers]
             others = asyncio.gather(*(self._drain(stream) for stream in streams[1:]))
             try:
-                async for ref in streams[0]:
-                    yield await ref
+                async for item in self._watched(streams[0], command):
+                    yield item
                 await others
             except (asyncio.CancelledError, GeneratorExit):
                 # stop at the next step, and keep the gang until every rank has stopped
@@ -165,6 +172,20 @@ class Denoiser:
                 self._poison(f"a DiT worker died during {type(command).__name__} (rank "
                              f"{', '.join(map(str, lost))}): {error!r}"[:800])
                 raise GangWorkerDied(self._dead) from error
+
+    async def _watched(self, stream, command: Command) -> AsyncIterator[Any]:
+        """Rank 0's answer, item by item; a silence longer than `hang_timeout_s` means a rank is stuck (in a
+        collective, a driver call): the gang is torn down and Serve builds another."""
+        answers = aiter(stream)
+        while True:
+            try:
+                ref = await asyncio.wait_for(anext(answers), self.hang_timeout_s)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                self._poison(f"the DiT gang hung: no answer to {type(command).__name__} for {self.hang_timeout_s:.0f} s")
+                raise GangWorkerDied(self._dead) from None
+            yield await ref
 
     async def _lost_workers(self) -> list[int]:
         """Ranks that do not answer a ping."""

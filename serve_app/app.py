@@ -18,6 +18,7 @@ from deployments.denoiser import Denoiser, gang_bundles
 from deployments.text_encoder import MAX_BATCH_SIZE, TextEncoder
 from deployments.vae import Vae
 from serve_app.ingress import VideoIngress
+from serve_app.runner import JobPolicy
 
 
 class AppConfig(StageConfig):
@@ -46,6 +47,22 @@ class AppConfig(StageConfig):
     artifact_url: str = Field("/tmp/skyreels-serve/artifacts", description="fsspec URL where videos are written.")
     max_queued_jobs: int = Field(64, ge=1, description="Submits beyond this many waiting jobs get 429.")
     max_running_jobs: int = Field(4, ge=1, description="Jobs in flight across the stages at once.")
+    max_attempts: int = Field(
+        3, ge=1, description="Runs of one job cut off by infrastructure (a lost worker, replica or node, a stage "
+        "that stopped answering, an ingress restart) before the job fails; each run gives the same video.")
+    job_deadline_s: float = Field(
+        7200.0, gt=0, description="A job still running this long after its first start fails (deadline_exceeded) "
+        "and frees its stages.")
+    stage_timeout_s: float = Field(
+        900.0, gt=0, description="A text, image or decode call (queueing included) that takes longer is cut off "
+        "and the job runs again.")
+    gang_hang_timeout_s: float = Field(
+        600.0, gt=0, description="The gang's watchdog: a denoise or decode with no answer from the gang for this "
+        "long (a rank stuck in a collective) tears the gang down; Serve rebuilds it and the job runs again. Keep it "
+        "above the first step's compile time.")
+    shutdown_grace_s: float = Field(
+        15.0, ge=0, description="On a graceful stop, how long running jobs may take to finish before they go back "
+        "to the queue.")
 
 
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
@@ -64,18 +81,18 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         max_ongoing_requests=2,
         health_check_period_s=2,
     )
-    ingress = serve.deployment(VideoIngress, name="VideoIngress",
-                               ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=1000)
+    ingress = serve.deployment(VideoIngress, name="VideoIngress", ray_actor_options={"num_cpus": 0.25},
+                               max_ongoing_requests=1000, graceful_shutdown_timeout_s=config.shutdown_grace_s + 10)
     decode_on_gang = config.decode_on == "gang"
     return ingress.bind(
         text.bind(stage_config, config.text_batch_size),
         denoiser.bind(stage_config, config.gpus_per_replica, config.worker_cpus, reserve_gpus, config.sequence_batch,
-                      config.artifact_url if decode_on_gang else None),
+                      config.artifact_url if decode_on_gang else None, config.gang_hang_timeout_s),
         vae.bind(stage_config, config.artifact_url),
         stage_config.served_models,
         config.database_path,
         config.artifact_url,
-        config.max_queued_jobs,
-        config.max_running_jobs,
+        JobPolicy(**config.model_dump(include=set(JobPolicy.__dataclass_fields__))),
         decode_on_gang,
+        config.shutdown_grace_s,
     )

@@ -140,3 +140,10 @@ class ExtendParams(BaseModel):
     video: VideoReference
     seconds: Seconds = Field(None, description="Length of the continuation in seconds, at the source's fps.")
     num_frames: int | None = Field(None, description="Or the continuation's frames (4k+1); default: the model's.")
+
+
+class Readiness(BaseModel):
+    """GET /readyz: 200 only when every stage can take work; 503 (same body) until then."""
+
+    ready: bool
+    stages: dict[str, bool] = Field(description="Each stage: a replica answered that it can take work.")

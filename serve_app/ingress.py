@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Match
 
-from serve_app.contract import ExtendParams, ModelList, RemixParams, Video, VideoDeleted, VideoList
+from serve_app.contract import ExtendParams, ModelList, Readiness, RemixParams, Video, VideoDeleted, VideoList
 from serve_app.metrics import JobMetrics
 from serve_app.openapi import CONTENT, EXTEND_BODY, SUBMIT_BODY, errors, install_openapi
 from serve_app.requests import ApiError, image_of, parse, read_fields
@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
 SSE_KEEPALIVE_S = 15.0
+READY_PROBE_S = 2.0
 
 class JobIdConvertor(Convertor):
     """A path segment that can be a job id: /v1/videos/extensions is another route, not a job."""
@@ -98,6 +99,14 @@ async def _on_http_error(request: Request, error: HTTPException) -> JSONResponse
     return error_response(error.status_code, code, str(error.detail), headers=headers)
 
 
+async def _answers(stage: Any) -> bool:
+    """A replica of the stage says it can take work, within READY_PROBE_S."""
+    try:
+        return await asyncio.wait_for(stage.ready.remote(), READY_PROBE_S)
+    except Exception:  # noqa: BLE001 - no replica yet, one still starting, or a broken one: not ready, whatever the cause
+        return False
+
+
 def _allowed_methods(request: Request) -> set[str]:
     return {method for route in app.routes if getattr(route, "methods", None)
             and route.matches(request.scope)[0] is not Match.NONE for method in route.methods}
@@ -119,6 +128,7 @@ class VideoIngress:
         shutdown_grace_s: float = 15.0,
     ) -> None:
         self.served_models = served_models
+        self.stages = {"text_encoder": text_encoder, "denoiser": denoiser, "vae": vae}
         self.store = JobStore(database_path)
         self.artifacts = ArtifactStore(artifact_url)
         self.metrics = JobMetrics()
@@ -151,11 +161,16 @@ class VideoIngress:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", operation_id="readyz", response_model=Readiness,
+             responses={503: {"model": Readiness, "description": "A stage cannot take work yet (jobs still queue)."}})
     async def readyz(self) -> JSONResponse:
+        """200 only when every stage can take work (the gang built and whole) and the queue is recovered; jobs
+        submitted before that wait in the queue."""
         started = self._runner_started()
-        ready = started.done() and started.exception() is None
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        answers = await asyncio.gather(*(_answers(stage) for stage in self.stages.values()))
+        readiness = Readiness(ready=started.done() and started.exception() is None and all(answers),
+                              stages=dict(zip(self.stages, answers, strict=True)))
+        return _json(readiness, status_code=200 if readiness.ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(self) -> Response:

@@ -16,6 +16,8 @@ class JobMetrics:
         self.finished = Counter("skyreels_jobs_finished", "Jobs ended", ["status"], registry=self.registry)
         self.rejected = Counter("skyreels_jobs_rejected_queue_full", "Submits refused with 429",
                                 registry=self.registry)
+        self.reruns = Counter("skyreels_job_reruns", "Runs cut off by infrastructure and queued again", ["cause"],
+                              registry=self.registry)
         self.queue_depth = Gauge("skyreels_jobs_queued", "Jobs waiting to start", registry=self.registry)
         self.duration = Histogram(
             "skyreels_job_seconds", "Start-to-finish seconds of completed jobs", registry=self.registry,

@@ -13,18 +13,20 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from PIL import Image
 
-from deployments.errors import GangUnavailable, GangWorkerDied
+from deployments.errors import GangUnavailable
+from serve_app.failures import StageTimeout, job_error
 from serve_app.metrics import JobMetrics
 from serve_app.requests import to_generation_request
-from serve_app.schemas import ErrorCode, Job, JobError, JobStatus
+from serve_app.schemas import Attempt, ErrorCode, Job, JobError, JobStatus
 from serve_app.store import JobStore
-from skyreels.artifacts import INPUT_IMAGE, ArtifactStore, StoredVideo
+from skyreels.artifacts import INPUT_IMAGE, ArtifactStore, LatentCheckpoint, StoredVideo
 from skyreels.progress import StepProgress
 from skyreels.recipe import Denoised, Phase, Progress, generate
 from skyreels.request import GenerationRequest, Task
@@ -33,6 +35,19 @@ logger = logging.getLogger(__name__)
 
 # A broken gang is replaced by Serve within its health-check period plus a model load.
 GANG_RETRIES, GANG_RETRY_S = 40, 3.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """How the runner takes jobs through the stages (AppConfig's fields of the same names)."""
+
+    max_queued_jobs: int = 64
+    max_running_jobs: int = 4
+    max_attempts: int = 3  # runs of one job cut off by infrastructure before it fails (graceful hand-backs aside)
+    job_deadline_s: float = 7200.0  # from the job's first start; then it fails and frees its stages
+    stage_timeout_s: float = 900.0  # one text, image or decode call, queueing behind other jobs included
 
 
 class QueueFull(Exception):
@@ -67,15 +82,18 @@ class ServeStages:
     """The recipe's stages behind Serve handles, for one job. `decoder` is the Vae or the Denoiser deployment:
     both decode latents to the job's stored video (`decode_to_storage`)."""
 
-    def __init__(self, job_id: str, text_encoder: Any, denoiser: Any, vae: Any, decoder: Any) -> None:
+    def __init__(self, job_id: str, text_encoder: Any, denoiser: Any, vae: Any, decoder: Any,
+                 timeout_s: float) -> None:
         self.job_id = job_id
         self.text_encoder, self.denoiser, self.vae, self.decoder = text_encoder, denoiser, vae, decoder
+        self.timeout_s = timeout_s  # the DiT's own watchdog is the gang's (deployments.denoiser)
 
     async def encode_text(self, prompt: str, negative_prompt: str | None) -> Any:
-        return await self.text_encoder.encode.remote(prompt, negative_prompt)
+        return await self._within(self.text_encoder.encode.remote(prompt, negative_prompt), "text encoding")
 
     async def encode_image(self, request: GenerationRequest) -> Any:
-        return await self.vae.encode_image.remote(request.image, request.height, request.width, request.seed)
+        return await self._within(
+            self.vae.encode_image.remote(request.image, request.height, request.width, request.seed), "image encoding")
 
     async def denoise(self, task: Task, conditioning: Any, params: Any, image: Any
                       ) -> AsyncIterator[StepProgress | Denoised]:
@@ -92,10 +110,19 @@ class ServeStages:
                 await asyncio.sleep(GANG_RETRY_S)
 
     async def decode(self, latents: Any, request: GenerationRequest) -> StoredVideo:
-        return await self.decoder.decode_to_storage.remote(self.job_id, latents, request.fps)
+        return await self._within(self.decoder.decode_to_storage.remote(self.job_id, latents, request.fps), "decoding")
+
+    async def _within(self, call: Awaitable[T], what: str) -> T:
+        try:
+            return await asyncio.wait_for(call, self.timeout_s)
+        except asyncio.TimeoutError as error:
+            raise StageTimeout(f"{what} did not answer within {self.timeout_s:.0f} s") from error
 
 
 class JobRunner:
+    """The queue and the job records; each run goes through the recipe, and a run cut off by infrastructure
+    goes back to the front of the queue, up to `policy.max_attempts` runs."""
+
     def __init__(
         self,
         store: JobStore,
@@ -103,8 +130,7 @@ class JobRunner:
         text_encoder: Any,
         denoiser: Any,
         vae: Any,
-        max_queued_jobs: int,
-        max_running_jobs: int,
+        policy: JobPolicy,
         metrics: JobMetrics,
         decode_on_gang: bool = False,
     ) -> None:
@@ -114,41 +140,41 @@ class JobRunner:
         self.denoiser = denoiser.options(stream=True)
         self.vae = vae
         self.decoder = denoiser if decode_on_gang else vae
-        self.max_queued_jobs = max_queued_jobs
-        self.max_running_jobs = max_running_jobs
+        self.policy = policy
         self.metrics = metrics
         self.events = JobEvents()
         self._pending: list[str] = []
-        self._requests: dict[str, GenerationRequest] = {}  # the validated request of every waiting job
-        self._wakeup = asyncio.Condition()
+        self._requests: dict[str, GenerationRequest] = {}  # the validated request of every job not finished
+        self._queued = asyncio.Event()  # set while _pending has jobs
+        self._slots = asyncio.Semaphore(policy.max_running_jobs)
         self._running: dict[str, asyncio.Task] = {}
-        self._loops: list[asyncio.Task] = []
+        self._stop_reasons: dict[str, JobError] = {}  # why a running job's task is being cancelled, if not a cancel
+        self._dispatcher: asyncio.Task | None = None
 
     async def start(self) -> None:
-        """Recover from the last process: fail what was running, re-queue what was waiting."""
-        for job in self.store.in_status(JobStatus.IN_PROGRESS):
-            self._finish(job.id, JobStatus.FAILED, JobError(
-                code=ErrorCode.INTERRUPTED, message="the server stopped while this job ran; submit it again"))
-        for job in self.store.in_status(JobStatus.QUEUED):
+        """Recover from the last process: what was running runs again, what was waiting still waits."""
+        for job in reversed(self.store.in_status(JobStatus.IN_PROGRESS)):  # each goes to the front: keep their order
             self._requests[job.id] = await self._stored_request(job)
-            self._pending.append(job.id)
-        self._loops = [asyncio.create_task(self._loop()) for _ in range(self.max_running_jobs)]
-        self.metrics.queue_depth.set(len(self._pending))
+            await self._end_attempt(job, JobError(code=ErrorCode.INTERRUPTED,
+                                                  message="the server stopped while this job ran"))
+        for job in self.store.in_status(JobStatus.QUEUED):
+            if job.id not in self._requests:
+                self._requests[job.id] = await self._stored_request(job)
+                self._pending.append(job.id)
+        self._dispatcher = asyncio.create_task(self._dispatch())
+        self._queue_changed()
 
     async def submit(self, job: Job, request: GenerationRequest, image_png: bytes | None) -> Job:
         """Queues `job`, validated as `request` (its seed resolved); the image is kept for a restart."""
-        if len(self._pending) >= self.max_queued_jobs:
+        if len(self._pending) >= self.policy.max_queued_jobs:
             self.metrics.rejected.inc()
             raise QueueFull(retry_after_s=self._retry_after())
         if image_png is not None:
             await asyncio.to_thread(self.artifacts.put, job.id, INPUT_IMAGE, image_png)
         self.store.add(job)
         self._requests[job.id] = request
-        self._pending.append(job.id)
         self.metrics.submitted.labels(job.model).inc()
-        self.metrics.queue_depth.set(len(self._pending))
-        async with self._wakeup:
-            self._wakeup.notify()
+        await self._enqueue(job.id)
         return job
 
     def queue_position(self, job_id: str) -> int | None:
@@ -159,50 +185,120 @@ class JobRunner:
         """Stops a job: at once when queued, between two denoising steps when running."""
         if job_id in self._pending:
             self._pending.remove(job_id)
-            self._requests.pop(job_id, None)
-            return self._finish(job_id, JobStatus.CANCELLED)
+            self._queue_changed()
+            return await self._end(job_id, JobStatus.CANCELLED)
         task = self._running.get(job_id)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         return self.store.get(job_id)
 
-    async def stop(self) -> None:
-        for task in [*self._loops, *self._running.values()]:
-            task.cancel()
-        await asyncio.gather(*self._loops, *self._running.values(), return_exceptions=True)
+    async def shutdown(self, grace_s: float) -> None:
+        """A graceful stop: no job starts any more; running jobs may finish within `grace_s`, the others go
+        back to the queue (recorded, so that the next ingress process runs them first)."""
+        self._dispatcher.cancel()
+        running = list(self._running.items())
+        if running:
+            await asyncio.wait([task for _, task in running], timeout=grace_s)
+        for job_id, task in running:
+            if not task.done():
+                self._stop(job_id, JobError(code=ErrorCode.HANDED_BACK,
+                                            message="the server shut down gracefully before this job finished"))
+        await asyncio.gather(self._dispatcher, *(task for _, task in running), return_exceptions=True)
 
-    async def _loop(self) -> None:
+    async def stop(self) -> None:
+        tasks = [self._dispatcher, *self._running.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _enqueue(self, job_id: str, first: bool = False) -> None:
+        self._pending.insert(0, job_id) if first else self._pending.append(job_id)
+        self._queue_changed()
+
+    def _queue_changed(self) -> None:
+        self._queued.set() if self._pending else self._queued.clear()
+        self.metrics.queue_depth.set(len(self._pending))
+
+    async def _dispatch(self) -> None:
+        """Starts the next queued job whenever fewer than max_running_jobs run."""
         while True:
-            async with self._wakeup:
-                await self._wakeup.wait_for(lambda: bool(self._pending))
-                job_id = self._pending.pop(0)
-            self.metrics.queue_depth.set(len(self._pending))
-            task = asyncio.create_task(self._run(job_id, self._requests.pop(job_id)))
+            await self._slots.acquire()
+            await self._queued.wait()
+            job_id = self._pending.pop(0)
+            self._queue_changed()
+            task = asyncio.create_task(self._run(job_id, self._requests[job_id]))
             self._running[job_id] = task
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                if not task.done():  # the loop itself is stopping
-                    raise
-            finally:
-                self._running.pop(job_id, None)
+            task.add_done_callback(lambda _: self._slots.release())
+
+    def _stop(self, job_id: str, reason: JobError) -> None:
+        """Cancels a running job's task for `reason` (a deadline, a hand-back) rather than a client's cancel."""
+        task = self._running.get(job_id)
+        if task is not None and not task.done():
+            self._stop_reasons[job_id] = reason
+            task.cancel()
 
     async def _run(self, job_id: str, request: GenerationRequest) -> None:
-        job = self._update(job_id, status=JobStatus.IN_PROGRESS, started_at=time.time())
-        metrics: dict[str, float] = {"queued": job.started_at - job.created_at}
-        stages = ServeStages(job_id, self.text_encoder, self.denoiser, self.vae, self.decoder)
+        job = self._start_attempt(self.store.get(job_id))
+        metrics: dict[str, float] = {"queued": job.attempts[-1].started_at - job.created_at}
+        stages = ServeStages(job_id, self.text_encoder, self.denoiser, self.vae, self.decoder,
+                             self.policy.stage_timeout_s)
+        checkpoint = LatentCheckpoint(self.artifacts, job_id)  # _end discards it
+        remaining_s = self.policy.job_deadline_s - (time.time() - job.started_at)
+        deadline = asyncio.get_running_loop().call_later(max(remaining_s, 0.0), self._stop, job_id, JobError(
+            code=ErrorCode.DEADLINE_EXCEEDED, message=f"the job ran longer than its {self.policy.job_deadline_s:.0f} s "
+                                                      "deadline"))
         try:
-            generated = await generate(request, stages, lambda progress: self._progress(job_id, progress))
+            generated = await generate(request, stages, lambda progress: self._progress(job_id, progress), checkpoint)
             stored: StoredVideo = generated.output
             metrics.update(generated.timings, vae_decode=stored.decode_seconds, mux=stored.mux_seconds)
-            self._finish(job_id, JobStatus.COMPLETED, metrics=metrics)
+            await self._end(job_id, JobStatus.COMPLETED, metrics=metrics, resumed_from_checkpoint=generated.resumed)
         except asyncio.CancelledError:
-            self._finish(job_id, JobStatus.CANCELLED, metrics=metrics)
+            reason = self._stop_reasons.pop(job_id, None)
+            if reason is None:
+                await self._end(job_id, JobStatus.CANCELLED, metrics=metrics)
+            elif reason.code is ErrorCode.HANDED_BACK:
+                await self._end_attempt(self.store.get(job_id), reason, queue=False)  # the next process runs it
+            else:
+                await self._end(job_id, JobStatus.FAILED, reason, metrics=metrics)
             raise
-        except Exception as error:  # noqa: BLE001 - every failure must end the job, with its reason
-            logger.exception("job %s failed", job_id)
-            self._finish(job_id, JobStatus.FAILED, _job_error(error), metrics=metrics)
+        except Exception as error:  # noqa: BLE001 - every failure must end the run, with its reason
+            logger.warning("job %s: run %d failed: %s", job_id, len(job.attempts), error, exc_info=True)
+            await self._end_attempt(self.store.get(job_id), job_error(error), metrics=metrics)
+        finally:
+            deadline.cancel()
+            if self._running.get(job_id) is asyncio.current_task():  # a re-run may already have its own task
+                del self._running[job_id]
+
+    def _start_attempt(self, job: Job) -> Job:
+        now = time.time()
+        attempt = Attempt(number=len(job.attempts) + 1, started_at=now)
+        return self._update(job.id, status=JobStatus.IN_PROGRESS, started_at=job.started_at or now,
+                            attempts=[*job.attempts, attempt])
+
+    async def _end_attempt(self, job: Job, cause: JobError, metrics: dict[str, float] | None = None,
+                           queue: bool = True) -> Job | None:
+        """Records why the job's last run ended; runs it again when infrastructure cut it off and attempts
+        remain (the job, queued again), else ends it (None)."""
+        now = time.time()
+        last = job.attempts[-1] if job.attempts else Attempt(number=1, started_at=job.started_at or now)
+        attempts = [*job.attempts[:-1], last.model_copy(update={"ended_at": now, "error": cause})]
+        counted = sum(a.error is None or a.error.code is not ErrorCode.HANDED_BACK for a in attempts)
+        if cause.code.is_infrastructure and counted < self.policy.max_attempts:
+            logger.warning("job %s: %s; running it again (%d of %d runs used)", job.id, cause.message, counted,
+                           self.policy.max_attempts)
+            self.metrics.reruns.labels(cause.code.value).inc()
+            job = self._update(job.id, status=JobStatus.QUEUED, phase=Phase.QUEUED, progress=0, current_step=0,
+                               attempts=attempts)
+            if queue:
+                await self._enqueue(job.id, first=True)  # accepted long ago: it goes before newer jobs
+            return job
+        if cause.code.is_infrastructure:
+            cause = cause.model_copy(update={"message": f"{cause.message} (run {counted} of {self.policy.max_attempts}"
+                                                        "; each run's cause is in `attempts`)"})
+        self._update(job.id, attempts=attempts)
+        await self._end(job.id, JobStatus.FAILED, cause, metrics=metrics)
+        return None
 
     def _progress(self, job_id: str, progress: Progress) -> None:
         self._update(job_id, phase=progress.phase, progress=progress.percent, current_step=progress.step,
@@ -221,14 +317,21 @@ class JobRunner:
         self.events.publish(job)
         return job
 
-    def _finish(self, job_id: str, status: JobStatus, error: JobError | None = None,
-                metrics: dict[str, float] | None = None) -> Job:
-        changes: dict[str, Any] = dict(status=status, error=error, completed_at=time.time())
+    async def _end(self, job_id: str, status: JobStatus, error: JobError | None = None,
+                   metrics: dict[str, float] | None = None, **changes: Any) -> Job:
+        """The job's final record (its open run closed); its latent checkpoint goes."""
+        await asyncio.to_thread(LatentCheckpoint(self.artifacts, job_id).discard)
+        now = time.time()
+        job = self.store.get(job_id)
+        if job.attempts and job.attempts[-1].ended_at is None:
+            changes["attempts"] = [*job.attempts[:-1], job.attempts[-1].model_copy(update={"ended_at": now})]
+        changes.update(status=status, error=error, completed_at=now)
         if status is JobStatus.COMPLETED:
             changes.update(progress=100, phase=Phase.DONE)
         if metrics is not None:
             changes["metrics"] = metrics
         job = self._update(job_id, **changes)
+        self._requests.pop(job_id, None)
         self.metrics.finished.labels(status.value).inc()
         if status is JobStatus.COMPLETED and job.started_at is not None:
             self.metrics.duration.observe(job.completed_at - job.started_at)
@@ -238,13 +341,4 @@ class JobRunner:
         durations = [j.completed_at - j.started_at for j in self.store.in_status(JobStatus.COMPLETED)[-10:]
                      if j.started_at is not None and j.completed_at is not None]
         average = sum(durations) / len(durations) if durations else 30.0
-        return max(1, round(average * len(self._pending) / self.max_running_jobs))
-
-
-def _job_error(error: BaseException) -> JobError:
-    # a stage's exception arrives wrapped in Ray's RayTaskError, whose text is Ray's traceback
-    cause = getattr(error, "cause", None)
-    cause = cause if isinstance(cause, BaseException) else error
-    if isinstance(error, GangWorkerDied) or isinstance(cause, GangWorkerDied):
-        return JobError(code=ErrorCode.WORKER_DIED, message=str(cause)[:500])
-    return JobError(code=ErrorCode.STAGE_FAILED, message=f"{type(cause).__name__}: {str(cause)[:500]}")
+        return max(1, round(average * len(self._pending) / self.policy.max_running_jobs))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from enum import Enum
-
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -27,15 +26,36 @@ class JobStatus(str, Enum):
 
 
 class ErrorCode(str, Enum):
-    WORKER_DIED = "worker_died"  # a DiT gang worker was lost mid-run
-    STAGE_FAILED = "stage_failed"  # a stage raised
-    INTERRUPTED = "interrupted"  # the ingress stopped while the job ran
+    # a run cut off by infrastructure: the job runs again, up to the configured attempts
+    WORKER_DIED = "worker_died"  # a DiT gang worker was lost (or hung) mid-run
+    STAGE_LOST = "stage_lost"  # a stage replica died, or its node
+    STAGE_TIMEOUT = "stage_timeout"  # a stage call did not answer in time
+    INTERRUPTED = "interrupted"  # the ingress stopped (killed) while the job ran
+    HANDED_BACK = "handed_back"  # the ingress shut down gracefully and gave the job back to the queue
+    # errors that would repeat: the job ends at once
+    STAGE_FAILED = "stage_failed"  # a stage raised (a model error, bad input found late)
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # the job ran longer than its deadline
     INTERNAL = "internal_error"
+
+    @property
+    def is_infrastructure(self) -> bool:
+        """The run was cut off from outside: the same request may simply run again."""
+        return self in (ErrorCode.WORKER_DIED, ErrorCode.STAGE_LOST, ErrorCode.STAGE_TIMEOUT,
+                        ErrorCode.INTERRUPTED, ErrorCode.HANDED_BACK)
 
 
 class JobError(BaseModel):
     code: ErrorCode
     message: str
+
+
+class Attempt(BaseModel):
+    """One run of a job; `error` says why it was cut off (None while it runs, or when it completed)."""
+
+    number: int
+    started_at: float
+    ended_at: float | None = None
+    error: JobError | None = None
 
 
 def _request_field(name: str) -> Any:
@@ -115,3 +135,7 @@ class Job(BaseModel):
     completed_at: float | None = None
     error: JobError | None = None
     metrics: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
+    attempts: list[Attempt] = Field(default_factory=list, description="Every run of the job, oldest first: a run "
+                                    "cut off by infrastructure is run again (same seed, same video).")
+    resumed_from_checkpoint: bool = Field(False, description="The last run started at decode, from the latents "
+                                          "a previous run had checkpointed.")

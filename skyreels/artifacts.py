@@ -14,8 +14,12 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
+
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from skyreels.video import encode_mp4, encode_thumbnail
 
@@ -24,6 +28,7 @@ logger = logging.getLogger(__name__)
 VIDEO = "video.mp4"
 THUMBNAIL = "thumbnail.jpg"
 INPUT_IMAGE = "input.png"
+LATENTS = "latents.safetensors"  # the checkpoint between the DiT and the decode
 
 # One path segment: starts with a letter or digit, no separators, no "..", bounded length.
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -86,6 +91,13 @@ class ArtifactStore:
         """Size in bytes; FileNotFoundError if it is missing."""
         return int(self.fs.size(self._path(job_id, name)))
 
+    def remove(self, job_id: str, name: str) -> None:
+        """Remove one artifact; nothing happens if it is missing."""
+        try:
+            self.fs.rm(self._path(job_id, name))
+        except FileNotFoundError:
+            pass
+
     def delete(self, job_id: str) -> None:
         """Remove all of a job's artifacts; nothing happens if it has none."""
         try:
@@ -107,3 +119,23 @@ def store_video(artifacts: ArtifactStore, job_id: str, frames: np.ndarray, fps: 
     artifacts.put(job_id, VIDEO, encode_mp4(frames, fps))
     artifacts.put(job_id, THUMBNAIL, encode_thumbnail(frames))
     return StoredVideo(decode_seconds=decode_seconds, mux_seconds=time.perf_counter() - start)
+
+
+class LatentCheckpoint:
+    """A job's denoised latents in its artifacts, written before the decode: a run cut off after the DiT
+    resumes at the decode instead of denoising again."""
+
+    def __init__(self, artifacts: ArtifactStore, job_id: str) -> None:
+        self.artifacts, self.job_id = artifacts, job_id
+
+    def load(self) -> torch.Tensor | None:
+        try:
+            return load_tensors(self.artifacts.get(self.job_id, LATENTS))["latents"]
+        except FileNotFoundError:
+            return None
+
+    def save(self, latents: torch.Tensor) -> None:
+        self.artifacts.put(self.job_id, LATENTS, save_tensors({"latents": latents.contiguous()}))
+
+    def discard(self) -> None:
+        self.artifacts.remove(self.job_id, LATENTS)

@@ -33,6 +33,14 @@ class Denoised:
     latents: torch.Tensor
 
 
+class Checkpoint(Protocol):
+    """Where the denoised latents of a run are kept until the video is made (skyreels.artifacts.LatentCheckpoint)."""
+
+    def load(self) -> torch.Tensor | None: ...
+
+    def save(self, latents: torch.Tensor) -> None: ...
+
+
 class Stages(Protocol[Output]):
     """What the recipe asks of wherever the stages run. Each call may suspend (a Serve handle, a rank)."""
 
@@ -53,17 +61,34 @@ class Generated(Generic[Output]):
     output: Output  # what the decode stage made: frames, or a stored video
     latents: torch.Tensor
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    resumed: bool = False  # the latents came from the checkpoint: no stage before the decode ran
 
 
-async def generate(request: GenerationRequest, stages: Stages[Output],
-                   on_progress: ProgressCallback | None = None) -> Generated[Output]:
+async def generate(request: GenerationRequest, stages: Stages[Output], on_progress: ProgressCallback | None = None,
+                   checkpoint: Checkpoint | None = None) -> Generated[Output]:
     """One video: text -> (image) -> denoise -> decode. The request's seed must be resolved (`with_seed`).
 
-    Cancelling the task, or an `on_progress` that raises, stops the run between two denoising steps.
+    With a checkpoint the latents are saved before the decode, and a run that finds them saved starts at
+    the decode. Cancelling the task, or an `on_progress` that raises, stops the run between two steps.
     """
-    params = DenoiseParams.from_request(request)
     report = on_progress or (lambda _: None)
     timings: dict[str, float] = {}
+    latents = saved = await asyncio.to_thread(checkpoint.load) if checkpoint is not None else None
+    if saved is None:
+        latents = await _denoised_latents(request, stages, report, timings)
+        if checkpoint is not None:
+            with timed(timings, "checkpoint"):
+                await asyncio.to_thread(checkpoint.save, latents)
+
+    report(Progress.entering(Phase.DECODING, request.num_inference_steps))
+    with timed(timings, "decode"):
+        output = await stages.decode(latents, request)
+    return Generated(output=output, latents=latents, timings=timings, resumed=saved is not None)
+
+
+async def _denoised_latents(request: GenerationRequest, stages: Stages, report: ProgressCallback,
+                            timings: dict[str, float]) -> torch.Tensor:
+    params = DenoiseParams.from_request(request)
 
     report(Progress.entering(Phase.ENCODING_TEXT, params.num_inference_steps))
     with timed(timings, "text_encode"):
@@ -88,11 +113,7 @@ async def generate(request: GenerationRequest, stages: Stages[Output],
                     denoised = event
     if denoised is None:
         raise RuntimeError("the denoise stage ended without latents")
-
-    report(Progress.entering(Phase.DECODING, params.num_inference_steps))
-    with timed(timings, "decode"):
-        output = await stages.decode(denoised.latents, request)
-    return Generated(output=output, latents=denoised.latents, timings=timings)
+    return denoised.latents
 
 
 def run_sync(coroutine: Coroutine[Any, Any, Result]) -> Result:

@@ -47,6 +47,7 @@ class RankSpec:
     settings: ModelSettings = field(default_factory=ModelSettings)
     encode_text: bool = False  # rank 0 holds the text encoders (and encodes the I2V image when it decodes)
     decode: bool = False  # every rank holds the VAE and decodes its share of the tiles
+    collective_timeout_s: float = 300.0  # a collective waiting longer fails (NCCL: the process is torn down)
 
 
 class GangRank:
@@ -71,7 +72,7 @@ class GangRank:
     def join(self, master_addr: str, master_port: int) -> None:
         """Joins the gang's group (every rank must call it) and splits every transformer over the mesh."""
         init_group(GroupSpec(self.rank, self.spec.world_size, master_addr, master_port, self.spec.device,
-                             cuda_index=self.cuda_index))
+                             cuda_index=self.cuda_index, timeout_s=self.spec.collective_timeout_s))
         mesh = DeviceMesh(MeshShape.plan(self.spec.world_size, self.heads, sequence_batch=self.spec.sequence_batch))
         for stage in self.denoisers.values():
             stage.distribute(mesh)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,6 +37,7 @@ def init_group(spec: GroupSpec) -> None:
     if dist.is_initialized():
         raise RuntimeError("this process already belongs to a process group")
     if spec.device == "cuda":
+        _watch_nccl(spec.timeout_s)
         torch.cuda.set_device(spec.cuda_index)
     dist.init_process_group(
         backend=spec.backend,
@@ -44,6 +46,16 @@ def init_group(spec: GroupSpec) -> None:
         world_size=spec.world_size,
         timeout=timedelta(seconds=spec.timeout_s),
     )
+
+
+def _watch_nccl(timeout_s: float) -> None:
+    """NCCL's own watchdog: a collective that times out (a peer died or hangs) tears this process down instead of
+    leaving it blocked forever, and a stuck watchdog thread is itself detected. Set before the group is made;
+    values already in the environment win."""
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # abort the communicators, then the process
+    os.environ.setdefault("TORCH_NCCL_ENABLE_MONITORING", "1")
+    os.environ.setdefault("TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC", str(int(timeout_s)))
+    os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "0")
 
 
 def any_rank(flag: bool, device: str | torch.device = "cpu") -> bool:

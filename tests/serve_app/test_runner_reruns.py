@@ -1,0 +1,270 @@
+"""The job runner under faults, over stand-in stage handles (no Ray): re-runs, the latent checkpoint,
+deadlines, stage timeouts, restart recovery and graceful hand-back, on a real SQLite store and artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import torch
+from ray.exceptions import ActorDiedError
+
+from deployments.errors import GangWorkerDied
+from serve_app.metrics import JobMetrics
+from serve_app.requests import new_job
+from serve_app.runner import JobPolicy, JobRunner
+from serve_app.schemas import ErrorCode, Job, JobStatus, VideoCreateParams
+from serve_app.store import JobStore
+from skyreels.artifacts import LATENTS, VIDEO, ArtifactStore, StoredVideo
+from skyreels.models import SERVED_MODEL_IDS, ServedModel
+from skyreels.progress import StepProgress
+from skyreels.recipe import Denoised
+from skyreels.request import Task
+
+SERVED = [ServedModel(SERVED_MODEL_IDS[Task.T2V], Task.T2V, "tiny")]
+FAST = dict(max_queued_jobs=8, max_running_jobs=2, max_attempts=3, job_deadline_s=30.0, stage_timeout_s=10.0)
+
+
+class Method:
+    def __init__(self, function: Callable) -> None:
+        self.function = function
+
+    def remote(self, *args):
+        return self.function(*args)
+
+
+class Handle:
+    """Stands in for a Serve DeploymentHandle: `handle.method.remote(...)`."""
+
+    def __init__(self, **methods: Callable) -> None:
+        for name, function in methods.items():
+            setattr(self, name, Method(function))
+
+    def options(self, **_) -> Handle:
+        return self
+
+
+class Stages:
+    """Stand-in stages that count their calls and fail or hang on demand."""
+
+    def __init__(self, artifacts: ArtifactStore, steps: int = 3) -> None:
+        self.artifacts, self.steps = artifacts, steps
+        self.calls = {"encode": 0, "denoise": 0, "decode": 0}
+        self.faults: dict[str, list[BaseException | None]] = {"encode": [], "denoise": [], "decode": []}
+        self.hang: dict[str, asyncio.Event] = {}
+        self.denoise_closed = 0
+        self.entered = defaultdict(asyncio.Event)
+
+    async def _enter(self, stage: str) -> None:
+        self.calls[stage] += 1
+        self.entered[stage].set()
+        if stage in self.hang:
+            await self.hang[stage].wait()
+        if self.faults[stage] and (fault := self.faults[stage].pop(0)) is not None:
+            raise fault
+
+    async def encode(self, prompt, negative):
+        await self._enter("encode")
+        return "conditioning"
+
+    async def denoise(self, task, conditioning, params, image) -> AsyncIterator:
+        try:
+            await self._enter("denoise")
+            for step in range(1, params.num_inference_steps + 1):
+                yield StepProgress(step, params.num_inference_steps)
+            yield Denoised(torch.full((1, 4, 3, 8, 8), 0.5))
+        finally:
+            self.denoise_closed += 1
+
+    async def decode_to_storage(self, job_id, latents, fps):
+        await self._enter("decode")
+        self.artifacts.put(job_id, VIDEO, b"mp4")
+        return StoredVideo(decode_seconds=0.01, mux_seconds=0.01)
+
+    async def ready(self):
+        return True
+
+    def handles(self) -> tuple[Handle, Handle, Handle]:
+        text = Handle(encode=self.encode, ready=self.ready)
+        denoiser = Handle(denoise=self.denoise, ready=self.ready)
+        vae = Handle(decode_to_storage=self.decode_to_storage, ready=self.ready)
+        return text, denoiser, vae
+
+
+@pytest.fixture
+def place(tmp_path: Path) -> tuple[Path, ArtifactStore]:
+    return tmp_path / "jobs.sqlite3", ArtifactStore(str(tmp_path / "artifacts"))
+
+
+def runner_on(place, stages: Stages, **policy) -> JobRunner:
+    database, artifacts = place
+    return JobRunner(JobStore(database), artifacts, *stages.handles(), JobPolicy(**(FAST | policy)), JobMetrics())
+
+
+async def submit(runner: JobRunner, prompt: str = "a kite") -> Job:
+    params = VideoCreateParams(prompt=prompt, size="64x64", num_frames=9, num_inference_steps=3, seed=5)
+    job, request = new_job(params, None, SERVED)
+    return await runner.submit(job, request, None)
+
+
+async def finished(runner: JobRunner, job_id: str, timeout_s: float = 20) -> Job:
+    async with runner.events.follow(job_id) as updates:
+        job = runner.store.get(job_id)
+        async with asyncio.timeout(timeout_s):
+            while not job.status.is_terminal:
+                job = await updates.get()
+    return job
+
+
+async def inside(stages: Stages, stage: str) -> None:
+    """Waits until a run has entered `stage`."""
+    await asyncio.wait_for(stages.entered[stage].wait(), 20)
+
+
+def test_a_decode_lost_after_denoising_resumes_from_the_checkpoint(place) -> None:
+    async def scenario():
+        stages = Stages(place[1])
+        stages.faults["decode"] = [ActorDiedError()]
+        runner = runner_on(place, stages)
+        await runner.start()
+        job = await finished(runner, (await submit(runner)).id)
+        await runner.stop()
+        return stages, job
+
+    stages, job = asyncio.run(scenario())
+    assert job.status is JobStatus.COMPLETED and job.resumed_from_checkpoint
+    assert stages.calls == {"encode": 1, "denoise": 1, "decode": 2}  # no second denoise
+    assert [a.error.code if a.error else None for a in job.attempts] == [ErrorCode.STAGE_LOST, None]
+    assert not place[1].exists(job.id, LATENTS)  # the checkpoint is deleted with the job completed
+    assert place[1].exists(job.id, VIDEO)
+
+
+def test_a_lost_gang_worker_runs_the_job_again_from_the_start(place) -> None:
+    async def scenario():
+        stages = Stages(place[1])
+        stages.faults["denoise"] = [GangWorkerDied("rank 1 died")]
+        runner = runner_on(place, stages)
+        await runner.start()
+        job = await finished(runner, (await submit(runner)).id)
+        await runner.stop()
+        return stages, job
+
+    stages, job = asyncio.run(scenario())
+    assert job.status is JobStatus.COMPLETED and not job.resumed_from_checkpoint
+    assert stages.calls["denoise"] == 2 and len(job.attempts) == 2
+    assert job.attempts[0].error.code is ErrorCode.WORKER_DIED and "rank 1 died" in job.attempts[0].error.message
+
+
+def test_an_error_that_would_repeat_fails_at_once(place) -> None:
+    async def scenario():
+        stages = Stages(place[1])
+        stages.faults["denoise"] = [ValueError("this transformer is a T2V model and takes no image")]
+        runner = runner_on(place, stages)
+        await runner.start()
+        job = await finished(runner, (await submit(runner)).id)
+        await runner.stop()
+        return stages, job
+
+    stages, job = asyncio.run(scenario())
+    assert job.status is JobStatus.FAILED and job.error.code is ErrorCode.STAGE_FAILED
+    assert len(job.attempts) == 1 and stages.calls["denoise"] == 1
+
+
+def test_attempts_run_out_and_the_job_fails_with_every_cause(place) -> None:
+    async def scenario():
+        stages = Stages(place[1])
+        stages.faults["encode"] = [ActorDiedError(), ActorDiedError(), ActorDiedError()]
+        runner = runner_on(place, stages)
+        await runner.start()
+        job = await finished(runner, (await submit(runner)).id)
+        await runner.stop()
+        return job
+
+    job = asyncio.run(scenario())
+    assert job.status is JobStatus.FAILED and job.error.code is ErrorCode.STAGE_LOST
+    assert "run 3 of 3" in job.error.message
+    assert [a.error.code for a in job.attempts] == [ErrorCode.STAGE_LOST] * 3
+
+
+def test_a_stage_that_stops_answering_times_out_and_the_job_runs_again(place) -> None:
+    async def scenario():
+        stages = Stages(place[1])
+        never = asyncio.Event()
+        stages.hang["encode"] = never
+        runner = runner_on(place, stages, stage_timeout_s=0.2)
+        await runner.start()
+        job = await submit(runner)
+        async with runner.events.follow(job.id) as updates:
+            while not runner.store.get(job.id).attempts or len(runner.store.get(job.id).attempts) < 2:
+                await updates.get()
+        del stages.hang["encode"]  # the replica answers again
+        never.set()
+        job = await finished(runner, job.id)
+        await runner.stop()
+        return job
+
+    job = asyncio.run(scenario())
+    assert job.status is JobStatus.COMPLETED
+    assert job.attempts[0].error.code is ErrorCode.STAGE_TIMEOUT and "text encoding" in job.attempts[0].error.message
+
+
+def test_the_deadline_ends_a_job_and_frees_the_gang(place) -> None:
+    async def scenario():
+        stages = Stages(place[1])
+        stages.hang["denoise"] = asyncio.Event()  # a denoise that never ends
+        runner = runner_on(place, stages, job_deadline_s=0.3)
+        await runner.start()
+        job = await finished(runner, (await submit(runner)).id)
+        await runner.stop()
+        return stages, job
+
+    stages, job = asyncio.run(scenario())
+    assert job.status is JobStatus.FAILED and job.error.code is ErrorCode.DEADLINE_EXCEEDED
+    assert stages.denoise_closed == 1  # the stream was closed: the gang is told to stop
+
+
+def test_a_restart_runs_the_interrupted_job_again_and_keeps_the_queue(place) -> None:
+    async def scenario():
+        first = Stages(place[1])
+        first.hang["denoise"] = asyncio.Event()
+        dying = runner_on(place, first, max_running_jobs=1)
+        await dying.start()
+        running, waiting = await submit(dying, "runs"), await submit(dying, "waits")
+        await inside(first, "denoise")
+        # the process dies: nothing more of it runs or writes (its run hangs on), its records stay as they are
+        second = Stages(place[1])
+        restarted = runner_on(place, second)
+        await restarted.start()
+        jobs = [await finished(restarted, job.id) for job in (running, waiting)]
+        await restarted.stop()
+        return jobs
+
+    running, waiting = asyncio.run(scenario())
+    assert running.status is JobStatus.COMPLETED and waiting.status is JobStatus.COMPLETED
+    assert [a.error.code if a.error else None for a in running.attempts] == [ErrorCode.INTERRUPTED, None]
+
+
+def test_a_graceful_shutdown_hands_running_jobs_back(place) -> None:
+    async def scenario():
+        first = Stages(place[1])
+        first.hang["denoise"] = asyncio.Event()
+        stopping = runner_on(place, first)
+        await stopping.start()
+        job = await submit(stopping)
+        await inside(first, "denoise")
+        await stopping.shutdown(grace_s=0.05)
+        handed_back = stopping.store.get(job.id)
+
+        successor = runner_on(place, Stages(place[1]))
+        await successor.start()
+        done = await finished(successor, job.id)
+        await successor.stop()
+        return handed_back, done
+
+    handed_back, done = asyncio.run(scenario())
+    assert handed_back.status is JobStatus.QUEUED
+    assert handed_back.attempts[-1].error.code is ErrorCode.HANDED_BACK
+    assert done.status is JobStatus.COMPLETED and len(done.attempts) == 2
