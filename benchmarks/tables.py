@@ -27,3 +27,13 @@ def threshold_table(rows: list[dict]) -> list[str]:
             *[f"| {r['threshold']} | {r['seconds_per_video']:.2f} | {r['speedup']:.2f}x | "
               f"{r['skipped_forwards']}/{r['forwards']} | {r['latent_psnr_db']:.1f} | {r['max_abs_diff_latents']:.2e} | "
               f"{'-' if r['frame_psnr_db'] is None else format(r['frame_psnr_db'], '.1f')} |" for r in rows]]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of the same keys as a markdown table, the keys as its header; None shows as '-'."""
+    if not rows:
+        return "(none)"
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join("-" if row[key] is None else str(row[key]) for key in header) + " |" for row in rows]
+    return "\n".join(lines)

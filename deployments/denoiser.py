@@ -191,7 +191,7 @@ class Denoiser:
         """Ranks that do not answer a ping."""
         async def alive(worker) -> bool:
             try:
-                await asyncio.wait_for(worker.ping.remote(), HEALTH_CHECK_TIMEOUT_S)
+                await asyncio.wait_for(worker.ping.remote(), min(HEALTH_CHECK_TIMEOUT_S, self.hang_timeout_s))
                 return True
             except (RayActorError, asyncio.TimeoutError):
                 return False
