@@ -196,6 +196,8 @@ class JobRunner:
     async def shutdown(self, grace_s: float) -> None:
         """A graceful stop: no job starts any more; running jobs may finish within `grace_s`, the others go
         back to the queue (recorded, so that the next ingress process runs them first)."""
+        if self._dispatcher is None:  # never started: nothing runs
+            return
         self._dispatcher.cancel()
         running = list(self._running.items())
         if running:
@@ -207,7 +209,7 @@ class JobRunner:
         await asyncio.gather(self._dispatcher, *(task for _, task in running), return_exceptions=True)
 
     async def stop(self) -> None:
-        tasks = [self._dispatcher, *self._running.values()]
+        tasks = [task for task in (self._dispatcher, *self._running.values()) if task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
