@@ -13,7 +13,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -133,6 +133,7 @@ class JobRunner:
         policy: JobPolicy,
         metrics: JobMetrics,
         decode_on_gang: bool = False,
+        on_end: Callable[[Job], None] | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
@@ -142,6 +143,7 @@ class JobRunner:
         self.decoder = denoiser if decode_on_gang else vae
         self.policy = policy
         self.metrics = metrics
+        self.on_end = on_end  # called with every job's final record (webhooks)
         self.events = JobEvents()
         self._pending: list[str] = []
         self._requests: dict[str, GenerationRequest] = {}  # the validated request of every job not finished
@@ -337,6 +339,8 @@ class JobRunner:
         self.metrics.finished.labels(status.value).inc()
         if status is JobStatus.COMPLETED and job.started_at is not None:
             self.metrics.duration.observe(job.completed_at - job.started_at)
+        if self.on_end is not None:
+            self.on_end(job)
         return job
 
     def _retry_after(self) -> int:
