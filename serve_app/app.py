@@ -17,8 +17,12 @@ from deployments.config import StageConfig
 from deployments.denoiser import Denoiser, gang_bundles
 from deployments.text_encoder import MAX_BATCH_SIZE, TextEncoder
 from deployments.vae import Vae
+from serve_app.auth import AccessConfig
 from serve_app.ingress import VideoIngress
+from serve_app.requests import UploadLimits
+from serve_app.retention import RetentionConfig
 from serve_app.runner import JobPolicy
+from serve_app.webhooks import WebhookConfig
 
 
 class AppConfig(StageConfig):
@@ -63,6 +67,11 @@ class AppConfig(StageConfig):
     shutdown_grace_s: float = Field(
         15.0, ge=0, description="On a graceful stop, how long running jobs may take to finish before they go back "
         "to the queue.")
+    access: AccessConfig = Field(default_factory=AccessConfig, description="API keys (also from the environment: "
+                                 "SKYREELS_API_KEYS, SKYREELS_API_KEYS_FILE) and per-key limits.")
+    uploads: UploadLimits = Field(default_factory=UploadLimits, description="What an input image may be.")
+    webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Signed job notifications.")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig, description="When finished jobs expire.")
 
 
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
@@ -95,4 +104,8 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         JobPolicy(**config.model_dump(include=set(JobPolicy.__dataclass_fields__))),
         decode_on_gang,
         config.shutdown_grace_s,
+        config.access,
+        config.uploads,
+        config.webhooks,
+        config.retention,
     )

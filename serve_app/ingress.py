@@ -4,18 +4,22 @@ The OpenAPI document (/openapi.json) is the contract: every body, response and e
 faces call one VideoService; an ApiError it raises is a 4xx with `{"error": {"code", "message"}}` over HTTP,
 and the same exception for a handle caller.
 
-Trust model of the handle API: it has no keys. Anything that can call a DeploymentHandle already runs code in
-the Ray cluster, so it is trusted as the operator is; HTTP is the boundary where clients are checked.
+Trust model: HTTP is the boundary where clients are checked. With API keys configured, every route but
+/healthz, /readyz, the page and the OpenAPI document (and /metrics, if configured open) needs a key, and a key
+reaches only the jobs it submitted. The handle API has no keys: anything that can call a DeploymentHandle
+already runs code in the Ray cluster, so it is trusted as the operator is. Its methods take an optional
+`owner` (a key id, `key_...`): given, they act as that key would (its jobs only, its limits), e.g. for a
+gateway that authenticates users itself; left out, they reach every job.
 """
 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 import pathlib
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -26,14 +30,19 @@ from starlette.exceptions import HTTPException
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Match
 
+from serve_app.auth import AccessConfig, ApiKeys, RequestGate, install_request_id_logging
 from serve_app.contract import ExtendParams, ModelList, Readiness, RemixParams, Video, VideoDeleted, VideoList
+from serve_app.idempotency import HEADER, fingerprint, once
+from serve_app.limits import SubmitLimits
 from serve_app.metrics import JobMetrics
-from serve_app.openapi import CONTENT, EXTEND_BODY, SUBMIT_BODY, errors, install_openapi
-from serve_app.requests import ApiError, image_of, parse, read_fields
+from serve_app.openapi import CONTENT, EXTEND_BODY, IDEMPOTENT, SUBMIT_BODY, errors, install_openapi
+from serve_app.requests import ApiError, UploadLimits, image_of, parse, read_fields
+from serve_app.retention import RetentionConfig, sweep_forever
 from serve_app.runner import JobPolicy, JobRunner, QueueFull
-from serve_app.schemas import VideoCreateParams
+from serve_app.schemas import Job, VideoCreateParams
 from serve_app.service import MEDIA_TYPES, Variant, VideoService
 from serve_app.store import JobStore
+from serve_app.webhooks import WebhookConfig, WebhookSender
 from skyreels.artifacts import ArtifactStore
 from skyreels.models import ServedModel
 from skyreels.validation import describe_errors
@@ -66,6 +75,21 @@ app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="s
 install_openapi(app)
 
 
+def _replica_access() -> tuple[ApiKeys, AccessConfig]:
+    return serve.get_replica_context().servable_object.access
+
+
+app.add_middleware(RequestGate, access=_replica_access, proxy_echoes=True)
+
+
+def _owner(request: Request) -> str | None:
+    """The caller's API key id, as RequestGate found it (None without keys)."""
+    return getattr(request.state, "owner", None)
+
+
+Owner = Annotated[str | None, Depends(_owner)]
+
+
 def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code, headers=headers)
 
@@ -76,7 +100,14 @@ def _json(model: BaseModel, status_code: int = 200) -> JSONResponse:
 
 @app.exception_handler(ApiError)
 async def _on_api_error(_: Request, error: ApiError) -> JSONResponse:
-    return error_response(error.status_code, error.code, error.message)
+    return error_response(error.status_code, error.code, error.message, headers=error.headers)
+
+
+@app.exception_handler(Exception)
+async def _on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    logger.exception("%s %s failed", request.method, request.url.path)  # the trace goes to the log, not the body
+    return error_response(500, "internal_error", "the server failed to answer this request; the request id in "
+                                                 "X-Request-ID finds it in the server's log")
 
 
 @app.exception_handler(QueueFull)
@@ -126,17 +157,29 @@ class VideoIngress:
         policy: JobPolicy,
         decode_on_gang: bool = False,
         shutdown_grace_s: float = 15.0,
+        access: AccessConfig = AccessConfig(),
+        uploads: UploadLimits = UploadLimits(),
+        webhooks: WebhookConfig = WebhookConfig(),
+        retention: RetentionConfig = RetentionConfig(),
     ) -> None:
+        install_request_id_logging()
         self.served_models = served_models
         self.stages = {"text_encoder": text_encoder, "denoiser": denoiser, "vae": vae}
         self.store = JobStore(database_path)
         self.artifacts = ArtifactStore(artifact_url)
         self.metrics = JobMetrics()
+        self.access = ApiKeys.load(access), access
+        self.uploads, self.retention = uploads, retention
+        self.webhooks = WebhookSender(webhooks, lambda job_id, deliveries: self.store.update(
+            job_id, webhook_deliveries=deliveries))
         self.runner = JobRunner(self.store, self.artifacts, text_encoder, denoiser, vae, policy, self.metrics,
-                                decode_on_gang=decode_on_gang)
+                                decode_on_gang=decode_on_gang, on_end=self._job_ended)
         self.shutdown_grace_s = shutdown_grace_s
-        self.service = VideoService(self.store, self.artifacts, self.runner, served_models)
+        self.service = VideoService(self.store, self.artifacts, self.runner, served_models,
+                                    SubmitLimits(access.max_jobs_in_flight, access.max_submits_per_minute),
+                                    self.webhooks, retention.ttl_s)
         self._started: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
         try:  # recover interrupted jobs right away when constructed on the event loop
             self._runner_started()
         except RuntimeError:
@@ -145,11 +188,29 @@ class VideoIngress:
     async def __del__(self) -> None:
         """Serve stops this replica: running jobs may finish within the grace period, the rest are handed back."""
         await self.runner.shutdown(self.shutdown_grace_s)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.webhooks.close()
 
     def _runner_started(self) -> asyncio.Task:
         if self._started is None:
-            self._started = asyncio.get_running_loop().create_task(self.runner.start())
+            loop = asyncio.get_running_loop()
+            self._started = loop.create_task(self.runner.start())
+            self._sweeper = loop.create_task(sweep_forever(self.store, self.artifacts, self.retention))
         return self._started
+
+    def _job_ended(self, job: Job) -> None:
+        if job.webhook_url is not None:
+            self.webhooks.send(job.webhook_url, self.service.view(job).model_dump(mode="json"))
+
+    async def _once(self, request: Request, owner: str | None, fields: dict[str, Any],
+                    submit: Callable[[], Awaitable[Video]]) -> JSONResponse:
+        """A submit route's answer (202 + the job), made once per Idempotency-Key."""
+        await self._runner_started()
+        route = request.scope["route"].path
+        video = await once(self.store, owner, request.headers.get(HEADER), fingerprint(route, fields), submit,
+                           lambda job_id: self.service.view(self.service.job(job_id, owner)))
+        return _json(video, status_code=202)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -176,63 +237,68 @@ class VideoIngress:
     async def metrics(self) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models", operation_id="listModels", response_model=ModelList)
+    @app.get("/v1/models", operation_id="listModels", response_model=ModelList, responses=errors(401))
     async def http_models(self) -> JSONResponse:
         return _json(self.service.models())
 
     @app.post("/v1/videos", status_code=202, operation_id="createVideo", response_model=Video,
-              openapi_extra=SUBMIT_BODY, responses=errors(400, 415, 422, 429))
-    async def http_create(self, request: Request) -> JSONResponse:
-        fields, typed = await read_fields(request)
-        image = image_of(fields.pop("input_reference", None))
-        video = await self._submit(parse(VideoCreateParams, fields, typed), image)
-        return _json(video, status_code=202)
+              openapi_extra=SUBMIT_BODY, responses=errors(400, 401, 409, 413, 415, 422, 429))
+    async def http_create(self, request: Request, owner: Owner) -> JSONResponse:
+        fields, typed = await read_fields(request, self.uploads.max_body_bytes)
 
-    @app.get("/v1/videos", operation_id="listVideos", response_model=VideoList, responses=errors(404, 422))
-    async def http_list(self, limit: int = Query(20, ge=1, le=100),
+        async def submit() -> Video:
+            image = image_of(fields.get("input_reference"), self.uploads)
+            params = {name: value for name, value in fields.items() if name != "input_reference"}
+            return await self._submit(parse(VideoCreateParams, params, typed), image, owner)
+
+        return await self._once(request, owner, fields, submit)
+
+    @app.get("/v1/videos", operation_id="listVideos", response_model=VideoList, responses=errors(401, 404, 422))
+    async def http_list(self, owner: Owner, limit: int = Query(20, ge=1, le=100),
                         after: str | None = Query(None, pattern=f"^{JobIdConvertor.regex}$",
                                                   description="last_id of the previous page"),
                         order: Literal["desc"] = Query("desc", description="Newest first.")) -> JSONResponse:
-        return _json(self.service.list(limit=limit, after=after))
+        return _json(self.service.list(limit=limit, after=after, owner=owner))
 
     @app.post("/v1/videos/extensions", status_code=202, operation_id="extendVideo", response_model=Video,
-              openapi_extra=EXTEND_BODY, responses=errors(400, 404, 409, 415, 422, 429))
-    async def http_extend(self, request: Request) -> JSONResponse:
-        await self._runner_started()
-        fields, typed = await read_fields(request)
-        return _json(await self.service.extend(parse(ExtendParams, fields, typed)), status_code=202)
+              openapi_extra=EXTEND_BODY, responses=errors(400, 401, 404, 409, 413, 415, 422, 429))
+    async def http_extend(self, request: Request, owner: Owner) -> JSONResponse:
+        fields, typed = await read_fields(request, self.uploads.max_body_bytes)
+        return await self._once(request, owner, fields,
+                                lambda: self.service.extend(parse(ExtendParams, fields, typed), owner))
 
-    @app.get("/v1/videos/{video_id:job_id}", operation_id="getVideo", response_model=Video, responses=errors(404, 422))
-    async def http_get(self, video_id: VideoId) -> JSONResponse:
-        return _json(self.service.view(self.service.job(video_id)))
+    @app.get("/v1/videos/{video_id:job_id}", operation_id="getVideo", response_model=Video,
+             responses=errors(401, 404, 422))
+    async def http_get(self, video_id: VideoId, owner: Owner) -> JSONResponse:
+        return _json(self.service.view(self.service.job(video_id, owner)))
 
     @app.get("/v1/videos/{video_id:job_id}/content", operation_id="downloadVideoContent", response_class=Response,
-             responses={200: CONTENT, **errors(404, 409, 422)})
-    async def http_content(self, video_id: VideoId, variant: Variant = "video") -> Response:
-        return Response(await self.service.content(video_id, variant), media_type=MEDIA_TYPES[variant])
+             responses={200: CONTENT, **errors(401, 404, 409, 422)})
+    async def http_content(self, video_id: VideoId, owner: Owner, variant: Variant = "video") -> Response:
+        return Response(await self.service.content(video_id, variant, owner), media_type=MEDIA_TYPES[variant])
 
     @app.post("/v1/videos/{video_id:job_id}/cancel", operation_id="cancelVideo", response_model=Video,
-              responses=errors(404, 409, 422))
-    async def http_cancel(self, video_id: VideoId) -> JSONResponse:
-        return _json(await self.service.cancel(video_id))
+              responses=errors(401, 404, 409, 422))
+    async def http_cancel(self, video_id: VideoId, owner: Owner) -> JSONResponse:
+        return _json(await self.service.cancel(video_id, owner))
 
     @app.post("/v1/videos/{video_id:job_id}/remix", status_code=202, operation_id="remixVideo", response_model=Video,
-              responses=errors(400, 404, 422, 429))
-    async def http_remix(self, video_id: VideoId, remix: RemixParams) -> JSONResponse:
-        await self._runner_started()
-        return _json(await self.service.remix(video_id, remix), status_code=202)
+              openapi_extra=IDEMPOTENT, responses=errors(400, 401, 404, 409, 422, 429))
+    async def http_remix(self, video_id: VideoId, remix: RemixParams, request: Request, owner: Owner) -> JSONResponse:
+        return await self._once(request, owner, {"video_id": video_id, **remix.model_dump()},
+                                lambda: self.service.remix(video_id, remix, owner))
 
     @app.delete("/v1/videos/{video_id:job_id}", operation_id="deleteVideo", response_model=VideoDeleted,
-                responses=errors(404, 422))
-    async def http_delete(self, video_id: VideoId) -> JSONResponse:
-        return _json(await self.service.delete(video_id))
+                responses=errors(401, 404, 422))
+    async def http_delete(self, video_id: VideoId, owner: Owner) -> JSONResponse:
+        return _json(await self.service.delete(video_id, owner))
 
     @app.get("/v1/videos/{video_id:job_id}/events", operation_id="followVideo", response_class=StreamingResponse,
              responses={200: {"description": "Server-sent events: `data: <the job as JSON>` after every change, "
                                              "until it ends.", "content": {"text/event-stream": {}}},
-                        **errors(404, 422)})
-    async def http_events(self, video_id: VideoId) -> StreamingResponse:
-        self.service.job(video_id)
+                        **errors(401, 404, 422)})
+    async def http_events(self, video_id: VideoId, owner: Owner) -> StreamingResponse:
+        self.service.job(video_id, owner)
         return StreamingResponse(self._event_stream(video_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -240,56 +306,59 @@ class VideoIngress:
         async for video in self.service.follow(job_id, SSE_KEEPALIVE_S):
             yield ": keep-alive\n\n" if video is None else f"data: {json.dumps(video.model_dump(mode='json'))}\n\n"
 
-    async def _submit(self, params: VideoCreateParams, image: Any) -> Video:
+    async def _submit(self, params: VideoCreateParams, image: Any, owner: str | None) -> Video:
         await self._runner_started()
-        return await self.service.submit(params, image)
+        return await self.service.submit(params, image, owner=owner)
 
     # ------------------------------------------------------------------ DeploymentHandle API
     # serve.get_app_handle("skyreels").submit_job.remote({...}); every method answers what the HTTP route of the
     # same name does, as plain JSON-able dicts, and raises the route's ApiError (or QueueFull) where it answers 4xx.
+    # `owner`: act as that API key (its jobs only, its limits); None reaches every job (see the module's trust model).
 
-    async def submit_job(self, params: dict[str, Any], input_reference: bytes | None = None) -> dict[str, Any]:
+    async def submit_job(self, params: dict[str, Any], input_reference: bytes | None = None,
+                         owner: str | None = None) -> dict[str, Any]:
         """POST /v1/videos: `params` are the JSON body's fields; `input_reference` the I2V image's bytes."""
-        video = await self._submit(parse(VideoCreateParams, params), image_of(input_reference))
+        video = await self._submit(parse(VideoCreateParams, params), image_of(input_reference, self.uploads), owner)
         return video.model_dump(mode="json")
 
-    async def get_job(self, job_id: str) -> dict[str, Any]:
-        return self.service.view(self.service.job(job_id)).model_dump(mode="json")
+    async def get_job(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        return self.service.view(self.service.job(job_id, owner)).model_dump(mode="json")
 
-    async def list_jobs(self, limit: int = 20, after: str | None = None) -> dict[str, Any]:
-        return self.service.list(limit=limit, after=after).model_dump(mode="json")
+    async def list_jobs(self, limit: int = 20, after: str | None = None, owner: str | None = None) -> dict[str, Any]:
+        return self.service.list(limit=limit, after=after, owner=owner).model_dump(mode="json")
 
-    async def follow_job(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def follow_job(self, job_id: str, owner: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """The job after every change, until it ends: call with `handle.options(stream=True)`."""
-        async for video in self.service.follow(job_id):
+        async for video in self.service.follow(job_id, owner=owner):
             yield video.model_dump(mode="json")
 
-    async def wait_for_job(self, job_id: str) -> dict[str, Any]:
+    async def wait_for_job(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
         """The job once it has ended (completed, failed or cancelled)."""
-        async for video in self.service.follow(job_id):
+        async for video in self.service.follow(job_id, owner=owner):
             if video.status.is_terminal:
                 return video.model_dump(mode="json")
         raise AssertionError("follow ends on a terminal job")
 
-    async def job_content(self, job_id: str, variant: Variant = "video") -> bytes:
-        return await self.service.content(job_id, variant)
+    async def job_content(self, job_id: str, variant: Variant = "video", owner: str | None = None) -> bytes:
+        return await self.service.content(job_id, variant, owner)
 
-    async def job_video_url(self, job_id: str) -> str:
+    async def job_video_url(self, job_id: str, owner: str | None = None) -> str:
         """Where the finished video is stored (the artifact store's URL: a path, s3://...), to read directly."""
-        return await self.service.video_url(job_id)
+        return await self.service.video_url(job_id, owner)
 
-    async def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return (await self.service.cancel(job_id)).model_dump(mode="json")
+    async def cancel_job(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        return (await self.service.cancel(job_id, owner)).model_dump(mode="json")
 
-    async def delete_job(self, job_id: str) -> dict[str, Any]:
-        return (await self.service.delete(job_id)).model_dump(mode="json")
+    async def delete_job(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        return (await self.service.delete(job_id, owner)).model_dump(mode="json")
 
-    async def remix_job(self, job_id: str, prompt: str) -> dict[str, Any]:
+    async def remix_job(self, job_id: str, prompt: str, owner: str | None = None) -> dict[str, Any]:
         await self._runner_started()
-        return (await self.service.remix(job_id, parse(RemixParams, {"prompt": prompt}))).model_dump(mode="json")
+        remix = parse(RemixParams, {"prompt": prompt})
+        return (await self.service.remix(job_id, remix, owner)).model_dump(mode="json")
 
-    async def extend_job(self, job_id: str, prompt: str, **length: Any) -> dict[str, Any]:
+    async def extend_job(self, job_id: str, prompt: str, owner: str | None = None, **length: Any) -> dict[str, Any]:
         """POST /v1/videos/extensions; `length`: seconds= or num_frames= of the continuation."""
         await self._runner_started()
         params = parse(ExtendParams, {"prompt": prompt, "video": {"id": job_id}, **length})
-        return (await self.service.extend(params)).model_dump(mode="json")
+        return (await self.service.extend(params, owner)).model_dump(mode="json")

@@ -10,22 +10,36 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from serve_app.contract import ErrorResponse, ExtendParams
+from serve_app.idempotency import HEADER, MAX_KEY_LENGTH
 from serve_app.schemas import VideoCreateParams
 
 REF = "#/components/schemas/{model}"
 ERROR_MEANINGS = {
     400: "Malformed body (not JSON, an unreadable form), or a model this server does not serve.",
-    404: "No such job (the one named in the path, or the `after` cursor).",
-    409: "The job is not in a state that allows this (not completed yet, or already finished).",
+    401: "The server has API keys and the request has none, or a wrong one (`Authorization: Bearer <key>`).",
+    404: "No such job (the one named in the path, or the `after` cursor), or one another API key submitted.",
+    409: "The job is not in a state that allows this (not completed yet, or already finished), or a request with "
+         "the same Idempotency-Key is still being submitted.",
+    413: "The body or the image is too large (bytes, or pixels: decompression bombs are refused).",
     415: "The body is neither JSON nor a form.",
-    422: "A field breaks a rule; the message names the field and what is allowed.",
-    429: "The queue is full; retry after the Retry-After header's seconds.",
+    422: "A field breaks a rule; the message names the field and what is allowed. Also: an image format not "
+         "accepted, a webhook_url this server does not call, an Idempotency-Key reused with another request.",
+    429: "The queue is full, or this API key is at its limit of jobs in flight or submits per minute; retry after "
+         "the Retry-After header's seconds.",
 }
 CONTENT = {
     "description": "The video (mp4) or its thumbnail (JPEG), by `variant`.",
     "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}},
                 "image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
 }
+
+
+IDEMPOTENT = {"parameters": [{
+    "name": HEADER, "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+    "description": "A retried request with the same key (and the same body) gets the job the first one made, "
+                   "not a new one; the same key with another body gets 422.",
+}]}
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -59,12 +73,12 @@ def _body(model: type[BaseModel], form: dict[str, Any]) -> dict[str, Any]:
 
 
 SUBMIT_BODY = _body(VideoCreateParams, _form_schema(
-    VideoCreateParams, {"input_reference": "The I2V first frame (any image Pillow reads)."}))
+    VideoCreateParams, {"input_reference": "The I2V first frame (PNG, JPEG or WebP by default)."})) | IDEMPOTENT
 _extend_form = _form_schema(ExtendParams, {})
 _extend_form["properties"].pop("video")
 _extend_form["properties"]["video[id]"] = {"type": "string", "description": "The completed video to extend."}
 _extend_form["required"] = ["prompt", "video[id]"]
-EXTEND_BODY = _body(ExtendParams, _extend_form)
+EXTEND_BODY = _body(ExtendParams, _extend_form) | IDEMPOTENT
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -8,10 +8,11 @@ import io
 import re
 import secrets
 import time
+import warnings
 from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -25,10 +26,27 @@ from skyreels.validation import describe_validation_error
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
 DATA_URL_PATTERN = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.DOTALL)
 BRACKETED_KEY = re.compile(r"^(\w+)\[(\w+)\]$")  # a form field of a nested object: video[id]
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
+DATA_URL_OVERHEAD = 4 / 3  # base64
+BODY_SLACK_BYTES = 64 * 1024  # the other fields of a body with an image
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 TASKS = {model_id: task for task, model_id in SERVED_MODEL_IDS.items()}
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class UploadLimits(BaseModel):
+    """What an input_reference may be (AppConfig's `uploads`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_bytes: int = Field(20 * 2**20, ge=1, description="Largest image file; a bigger one (or body) gets 413.")
+    max_pixels: int = Field(4096 * 4096, ge=1, description="Largest width x height, read from the header before "
+                            "decoding: a bigger image (a decompression bomb) gets 413.")
+    formats: list[str] = Field(["PNG", "JPEG", "WEBP"], description="Image formats accepted (Pillow's names); "
+                               "others get 422.")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_bytes * DATA_URL_OVERHEAD) + BODY_SLACK_BYTES
 
 
 class ApiError(Exception):
@@ -37,6 +55,11 @@ class ApiError(Exception):
     def __init__(self, message: str, status_code: int, code: str) -> None:
         super().__init__(message)
         self.message, self.status_code, self.code = message, status_code, code
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers that go with the error (Retry-After, ...)."""
+        return {}
 
     def __reduce__(self) -> tuple[Any, ...]:  # crosses Ray's process boundary whole
         return type(self), (self.message, self.status_code, self.code)
@@ -49,9 +72,10 @@ class InvalidRequest(ApiError):
         super().__init__(message, status_code, code)
 
 
-async def read_fields(request: Request) -> tuple[dict[str, Any], bool]:
+async def read_fields(request: Request, max_body_bytes: int) -> tuple[dict[str, Any], bool]:
     """A JSON object, or a form's fields (files as bytes, `a[b]` keys as nested objects, empty fields left out),
-    and whether its values are typed (JSON) rather than all text (a form)."""
+    and whether its values are typed (JSON) rather than all text (a form). 413 for a body over `max_body_bytes`."""
+    await _read_body(request, max_body_bytes)
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type in FORM_TYPES:
         try:
@@ -81,7 +105,21 @@ async def read_fields(request: Request) -> tuple[dict[str, Any], bool]:
     return body, True
 
 
-def image_of(reference: Any) -> Image.Image | None:
+async def _read_body(request: Request, limit: int) -> None:
+    """Reads the body, up to `limit` bytes, before anything parses it (parsers then read it from the request)."""
+    too_large = InvalidRequest(f"the body is larger than {limit // 2**20} MiB (the image limit, as a data URL, "
+                               "plus the fields)", 413, "body_too_large")
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    request._body = bytes(body)  # Starlette's own cache of the body, which json() and form() read
+
+
+def image_of(reference: Any, limits: UploadLimits) -> Image.Image | None:
     """An input_reference: a file, a data URL, or OpenAI's {"image_url": data URL}."""
     if isinstance(reference, dict):
         if set(reference) != {"image_url"}:
@@ -94,7 +132,7 @@ def image_of(reference: Any) -> Image.Image | None:
         reference = decode_data_url(reference)
     if not isinstance(reference, bytes):
         raise InvalidRequest("input_reference must be an image file or a data URL")
-    return read_image(reference)
+    return read_image(reference, limits)
 
 
 def parse(model: type[Model], fields: dict[str, Any], typed: bool = True) -> Model:
@@ -124,12 +162,25 @@ def decode_data_url(data_url: str) -> bytes:
         raise InvalidRequest(f"input_reference is not valid base64 ({error})") from error
 
 
-def read_image(data: bytes) -> Image.Image:
-    """The RGB pixels of any image Pillow reads."""
-    if len(data) > MAX_IMAGE_BYTES:
-        raise InvalidRequest(f"input_reference is larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+def read_image(data: bytes, limits: UploadLimits) -> Image.Image:
+    """The RGB pixels of an image within `limits`; its size is checked from the header, before decoding."""
+    if len(data) > limits.max_bytes:
+        raise InvalidRequest(f"input_reference is {len(data)} bytes; at most {limits.max_bytes}", 413,
+                             "image_too_large")
     try:
-        return Image.open(io.BytesIO(data)).convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in limits.formats:
+                raise InvalidRequest(f"input_reference is {image.format}; send one of {', '.join(limits.formats)}",
+                                     422, "unsupported_image_format")
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                raise InvalidRequest(f"input_reference is {width}x{height} pixels; at most {limits.max_pixels} "
+                                     "pixels", 413, "image_too_large")
+            return image.convert("RGB")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise InvalidRequest(f"input_reference is refused: {error}", 413, "image_too_large") from error
     except (UnidentifiedImageError, OSError) as error:
         raise InvalidRequest(f"input_reference is not a readable image ({error})") from error
 

@@ -49,6 +49,19 @@ class JobError(BaseModel):
     message: str
 
 
+class WebhookDelivery(BaseModel):
+    """One POST of the job's final record to its webhook_url; `status_code` None when no answer came."""
+
+    attempt: int
+    attempted_at: float
+    status_code: int | None = None
+    error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
 class Attempt(BaseModel):
     """One run of a job; `error` says why it was cut off (None while it runs, or when it completed)."""
 
@@ -100,6 +113,9 @@ VideoCreateParams = create_model(
                                         "Give seconds or num_frames, not both.")),
     input_reference=(str | None, Field(None, description="I2V first frame as a data URL (JSON bodies), or a "
                                                          "file (multipart bodies).")),
+    webhook_url=(str | None, Field(None, max_length=2048, pattern=r"^https?://[^\s/?#]+([/?#]\S*)?$",
+                                   description="POSTed the job, signed (Standard Webhooks), once it completes, "
+                                               "fails or is cancelled. Default: the server's, if it has one.")),
     **{name: _request_field(name) for name in SHARED_FIELDS if name not in MODEL_DEFAULTED},
     **{name: _model_defaulted_field(name) for name in MODEL_DEFAULTED},
 )
@@ -137,5 +153,10 @@ class Job(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
     attempts: list[Attempt] = Field(default_factory=list, description="Every run of the job, oldest first: a run "
                                     "cut off by infrastructure is run again (same seed, same video).")
+    owner: str | None = Field(None, description="The API key's id (key_...) that submitted the job; None "
+                              "without keys or from a trusted in-cluster caller.")
+    webhook_url: str | None = None
+    webhook_deliveries: list[WebhookDelivery] = Field(default_factory=list, description="Every POST of the "
+                                                      "final job to webhook_url, oldest first.")
     resumed_from_checkpoint: bool = Field(False, description="The last run started at decode, from the latents "
                                           "a previous run had checkpointed.")

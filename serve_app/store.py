@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from serve_app.schemas import Job, JobStatus
 
@@ -24,11 +24,29 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at, id);
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (json_extract(data, '$.owner'), created_at, id);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    job_id      TEXT,
+    PRIMARY KEY (owner, key)
+);
 """
+OWNER = "json_extract(data, '$.owner')"
+TERMINAL = tuple(status for status in JobStatus if status.is_terminal)
+
+
+class Claim(NamedTuple):
+    """An Idempotency-Key already used: the request it came with, and its job (None while being submitted)."""
+
+    fingerprint: str
+    job_id: str | None
 
 
 class JobStore:
-    """Jobs as JSON rows, with the columns queries need (id, status, created_at) kept beside them.
+    """Jobs as JSON rows, with the columns queries need (id, status, created_at) kept beside them; the owner
+    is read from the JSON (an index on the expression), so databases from before owners need no migration.
 
     One connection shared by all threads and guarded by a lock; every method is one transaction.
     """
@@ -102,56 +120,96 @@ class JobStore:
             )
         return job
 
-    def delete(self, job_id: str) -> bool:
-        """Remove a job; False if there was none."""
+    def delete(self, job_id: str, finished_only: bool = False) -> bool:
+        """Remove a job (and the idempotency key that made it); False if there was none, or, with
+        `finished_only`, if it has not ended."""
+        status, params = _status_in(TERMINAL if finished_only else ())
         with self._lock, self._conn:
-            cursor = self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            cursor = self._conn.execute(f"DELETE FROM jobs WHERE id = ? AND {status}", (job_id, *params))
+            if cursor.rowcount:
+                self._conn.execute("DELETE FROM idempotency_keys WHERE job_id = ?", (job_id,))
         return cursor.rowcount > 0
 
-    def list(self, limit: int = 20, after: str | None = None) -> tuple[list[Job], bool]:
-        """A page of jobs, newest first, and whether more follow.
+    def list(self, limit: int = 20, after: str | None = None, owner: str | None = None) -> tuple[list[Job], bool]:
+        """A page of jobs (of `owner` only, if given), newest first, and whether more follow.
 
         ``after`` is the id of the previous page's last job; KeyError if no such job is stored.
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        conditions, params = ([f"{OWNER} = ?"], [owner]) if owner is not None else ([], [])
         with self._lock:
-            if after is None:
-                rows = self._conn.execute(
-                    "SELECT data FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?",
-                    (limit + 1,),
-                ).fetchall()
-            else:
+            if after is not None:
                 anchor = self._conn.execute(
-                    "SELECT created_at FROM jobs WHERE id = ?", (after,)
+                    f"SELECT created_at FROM jobs WHERE id = ?{' AND ' + conditions[0] if conditions else ''}",
+                    (after, *params),
                 ).fetchone()
                 if anchor is None:
                     raise KeyError(after)
-                rows = self._conn.execute(
-                    "SELECT data FROM jobs WHERE created_at < ? OR (created_at = ? AND id < ?)"
-                    " ORDER BY created_at DESC, id DESC LIMIT ?",
-                    (anchor[0], anchor[0], after, limit + 1),
-                ).fetchall()
+                conditions.append("(created_at < ? OR (created_at = ? AND id < ?))")
+                params += [anchor[0], anchor[0], after]
+            where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+            rows = self._conn.execute(
+                f"SELECT data FROM jobs{where} ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit + 1)
+            ).fetchall()
         return [Job.model_validate_json(r[0]) for r in rows[:limit]], len(rows) > limit
+
+    def count_owned(self, owner: str, *statuses: JobStatus) -> int:
+        """How many of `owner`'s jobs are in any of these statuses."""
+        status, params = _status_in(statuses)
+        with self._lock:
+            return self._conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {status} AND {OWNER} = ?",
+                                      (*params, owner)).fetchone()[0]
+
+    def finished_before(self, when: float) -> list[str]:
+        """Ids of the jobs that ended (completed, failed, cancelled) before unix time `when`."""
+        status, params = _status_in(TERMINAL)
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT id FROM jobs WHERE {status} AND json_extract(data, '$.completed_at') < ?", (*params, when)
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def claim_key(self, owner: str | None, key: str, fingerprint: str) -> Claim | None:
+        """Records a new Idempotency-Key (None), or gives what it was first used for."""
+        with self._lock, self._conn:
+            inserted = self._conn.execute(
+                "INSERT OR IGNORE INTO idempotency_keys (owner, key, fingerprint) VALUES (?, ?, ?)",
+                (owner or "", key, fingerprint)).rowcount
+            if inserted:
+                return None
+            row = self._conn.execute("SELECT fingerprint, job_id FROM idempotency_keys WHERE owner = ? AND key = ?",
+                                     (owner or "", key)).fetchone()
+        return Claim(*row)
+
+    def settle_key(self, owner: str | None, key: str, job_id: str | None) -> None:
+        """The job a claimed key made; None: the request failed, and the key is free again."""
+        with self._lock, self._conn:
+            if job_id is None:
+                self._conn.execute("DELETE FROM idempotency_keys WHERE owner = ? AND key = ?", (owner or "", key))
+            else:
+                self._conn.execute("UPDATE idempotency_keys SET job_id = ? WHERE owner = ? AND key = ?",
+                                   (job_id, owner or "", key))
 
     def in_status(self, *statuses: JobStatus) -> list[Job]:
         """Jobs in any of these statuses (all jobs if none are given), oldest first."""
-        where, params = _status_filter(statuses)
+        status, params = _status_in(statuses)
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT data FROM jobs{where} ORDER BY created_at, id", params
+                f"SELECT data FROM jobs WHERE {status} ORDER BY created_at, id", params
             ).fetchall()
         return [Job.model_validate_json(r[0]) for r in rows]
 
     def count(self, *statuses: JobStatus) -> int:
         """How many jobs are in any of these statuses (all jobs if none are given)."""
-        where, params = _status_filter(statuses)
+        status, params = _status_in(statuses)
         with self._lock:
-            return self._conn.execute(f"SELECT COUNT(*) FROM jobs{where}", params).fetchone()[0]
+            return self._conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {status}", params).fetchone()[0]
 
 
-def _status_filter(statuses: tuple[JobStatus, ...]) -> tuple[str, list[str]]:
+def _status_in(statuses: tuple[JobStatus, ...]) -> tuple[str, list[str]]:
+    """A WHERE condition on the status (true for any when none are given), and its parameters."""
     if not statuses:
-        return "", []
+        return "1", []
     values = [JobStatus(s).value for s in statuses]
-    return f" WHERE status IN ({', '.join('?' * len(values))})", values
+    return f"status IN ({', '.join('?' * len(values))})", values

@@ -1,0 +1,159 @@
+"""Webhooks: the final job POSTed to its webhook_url, signed per the Standard Webhooks specification
+(https://www.standardwebhooks.com): `webhook-id`, `webhook-timestamp` and `webhook-signature` =
+`v1,` + base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}")), the secret being the base64 after `whsec_`.
+
+A delivery is retried with backoff until the receiver answers 2xx (410 Gone: never again); every attempt
+is recorded on the job. Destinations must resolve to public addresses, or to the networks allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator
+
+from serve_app.requests import InvalidRequest
+from serve_app.schemas import WebhookDelivery
+
+logger = logging.getLogger(__name__)
+
+SECRET_PREFIX = "whsec_"
+RESOLVE_TIMEOUT_S = 5.0
+
+
+class WebhookConfig(BaseModel):
+    """AppConfig's `webhooks`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    secret: SecretStr | None = Field(None, description="`whsec_` + base64 of the signing key (give receivers "
+                                     "the same string). None: jobs may not have a webhook_url.")
+    default_url: str | None = Field(None, description="Where jobs without their own webhook_url are announced.")
+    allowed_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list, description="Non-public networks webhooks may go to (e.g. 10.0.0.0/8, 127.0.0.0/8); "
+        "public addresses are always allowed, private, loopback and link-local ones only when listed here.")
+    retry_delays_s: list[float] = Field([5, 30, 120, 600, 1800], description="Waits before each retry of a "
+                                        "delivery the receiver did not accept (2xx).")
+    timeout_s: float = Field(10.0, gt=0, description="One delivery attempt's limit.")
+
+    @field_validator("secret")
+    @classmethod
+    def _is_whsec(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None:
+            signing_key(secret)
+        return secret
+
+
+def signing_key(secret: SecretStr) -> bytes:
+    value = secret.get_secret_value()
+    if not value.startswith(SECRET_PREFIX):
+        raise ValueError(f"a webhook secret starts with {SECRET_PREFIX}")
+    return base64.b64decode(value.removeprefix(SECRET_PREFIX), validate=True)
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    signed = hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(signed).decode()
+
+
+async def check_destination(url: str, allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+    """InvalidRequest unless every address `url`'s host resolves to is public or in `allowed`."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"webhook_url must be an http(s) URL, got {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
+            parts.hostname, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S)
+    except (OSError, UnicodeError, ValueError, asyncio.TimeoutError) as error:
+        raise InvalidRequest(f"webhook_url: cannot resolve {parts.hostname!r} ({error or 'timed out'})") from error
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global and not any(address in network for network in allowed):
+            raise InvalidRequest(f"webhook_url: {parts.hostname} is {address}, a non-public address this server "
+                                 "does not send webhooks to", 422, "webhook_not_allowed")
+
+
+class WebhookSender:
+    """Delivers jobs' final records in the background; `record(job_id, deliveries)` stores each attempt."""
+
+    def __init__(self, config: WebhookConfig, record: Callable[[str, list[WebhookDelivery]], None]) -> None:
+        self.config, self.record = config, record
+        self._key = signing_key(config.secret) if config.secret is not None else None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def check(self, url: str | None) -> str | None:
+        """The webhook_url a new job gets (its own or the default), refused (422) if it may not have one."""
+        url = url or self.config.default_url
+        if url is None:
+            return None
+        if self._key is None:
+            raise InvalidRequest("this server sends no webhooks (no webhook secret is configured)", 422,
+                                 "webhooks_disabled")
+        await check_destination(url, self.config.allowed_networks)
+        return url
+
+    def send(self, url: str, job: dict[str, Any]) -> None:
+        """POSTs `job` (the API's JSON of a job that has ended) to `url`, with retries, in the background."""
+        task = asyncio.get_running_loop().create_task(self.deliver(url, job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def deliver(self, url: str, job: dict[str, Any]) -> list[WebhookDelivery]:
+        payload = {"type": f"video.{job['status']}", "timestamp": datetime.now(timezone.utc).isoformat(),
+                   "data": job}
+        body = json.dumps(payload).encode()
+        message_id = f"msg_{job['id']}"  # the same on every retry: receivers drop duplicates by it
+        deliveries: list[WebhookDelivery] = []
+        async with httpx.AsyncClient(timeout=self.config.timeout_s, follow_redirects=False) as client:
+            for attempt, delay in enumerate([0.0, *self.config.retry_delays_s], start=1):
+                await asyncio.sleep(delay)
+                delivery = await self._attempt(client, url, message_id, body, attempt)
+                deliveries.append(delivery)
+                try:
+                    self.record(job["id"], deliveries)
+                except KeyError:
+                    logger.info("job %s was deleted; its webhook is not retried", job["id"])
+                    break
+                if delivery.delivered or delivery.status_code == 410:
+                    break
+                logger.warning("webhook of job %s to %s: attempt %d failed (%s)", job["id"], url, attempt,
+                               delivery.error or delivery.status_code)
+        return deliveries
+
+    async def _attempt(self, client: httpx.AsyncClient, url: str, message_id: str, body: bytes,
+                       attempt: int) -> WebhookDelivery:
+        now = time.time()
+        try:
+            await check_destination(url, self.config.allowed_networks)  # again: DNS may have changed
+            timestamp = int(now)
+            response = await client.post(url, content=body, headers={
+                "content-type": "application/json", "webhook-id": message_id, "webhook-timestamp": str(timestamp),
+                "webhook-signature": signature(self._key, message_id, timestamp, body)})
+            return WebhookDelivery(attempt=attempt, attempted_at=now, status_code=response.status_code)
+        except (httpx.HTTPError, InvalidRequest) as error:
+            message = error.message if isinstance(error, InvalidRequest) else f"{type(error).__name__}: {error}"
+            return WebhookDelivery(attempt=attempt, attempted_at=now, error=message)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

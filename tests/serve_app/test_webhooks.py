@@ -1,0 +1,119 @@
+"""Webhook deliveries to a real local HTTP receiver that verifies them with the `standardwebhooks` package."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from serve_app.requests import InvalidRequest
+from serve_app.schemas import WebhookDelivery
+from serve_app.webhooks import WebhookConfig, WebhookSender, check_destination, new_secret
+
+standardwebhooks = pytest.importorskip("standardwebhooks")
+
+LOOPBACK = ["127.0.0.0/8"]
+
+
+class Receiver:
+    """An HTTP server that answers the first `fail_first` POSTs 500, then verifies and keeps each one."""
+
+    def __init__(self, secret: str, fail_first: int = 0) -> None:
+        self.verifier = standardwebhooks.Webhook(secret)
+        self.fail_first, self.posts, self.verified = fail_first, 0, []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.posts += 1
+                status = 500 if receiver.posts <= receiver.fail_first else receiver.verify(body, self.headers)
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def verify(self, body: bytes, headers: object) -> int:
+        try:
+            self.verified.append((self.verifier.verify(body, dict(headers)), dict(headers)))
+        except standardwebhooks.webhooks.WebhookVerificationError:
+            return 400
+        return 204
+
+    def __enter__(self) -> Receiver:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def secret() -> str:
+    return new_secret()
+
+
+def deliver(config: WebhookConfig, url: str, job: dict) -> tuple[list[WebhookDelivery], dict]:
+    recorded: dict[str, list[WebhookDelivery]] = {}
+    sender = WebhookSender(config, lambda job_id, deliveries: recorded.__setitem__(job_id, list(deliveries)))
+    return asyncio.run(sender.deliver(url, job)), recorded
+
+
+JOB = {"id": "video_0123", "status": "completed", "progress": 100}
+
+
+def test_a_signed_delivery_is_verified_after_a_failed_first_one(secret: str) -> None:
+    config = WebhookConfig(secret=secret, allowed_networks=LOOPBACK, retry_delays_s=[0.05, 0.05])
+    with Receiver(secret, fail_first=1) as receiver:
+        deliveries, recorded = deliver(config, receiver.url, JOB)
+    assert [d.status_code for d in deliveries] == [500, 204] and recorded["video_0123"] == deliveries
+    assert deliveries[0].attempted_at <= deliveries[1].attempted_at and deliveries[1].delivered
+    ((payload, headers),) = receiver.verified
+    assert payload["type"] == "video.completed" and payload["data"] == JOB
+    assert headers["webhook-id"] == "msg_video_0123"
+
+
+def test_a_wrong_secret_is_refused_by_the_receiver_and_retried_until_given_up(secret: str) -> None:
+    config = WebhookConfig(secret=new_secret(), allowed_networks=LOOPBACK, retry_delays_s=[0.01])
+    with Receiver(secret) as receiver:
+        deliveries, _ = deliver(config, receiver.url, JOB)
+    assert [d.status_code for d in deliveries] == [400, 400] and not receiver.verified
+
+
+def test_an_unreachable_receiver_is_recorded_as_an_error(secret: str) -> None:
+    config = WebhookConfig(secret=secret, allowed_networks=LOOPBACK, retry_delays_s=[])
+    with Receiver(secret) as receiver:
+        url = receiver.url
+    (delivery,) = deliver(config, url, JOB)[0]
+    assert delivery.status_code is None and "ConnectError" in delivery.error
+
+
+def test_private_destinations_are_refused_unless_allowed(secret: str) -> None:
+    for url in ("http://127.0.0.1:9/hook", "http://10.1.2.3/hook", "http://169.254.169.254/latest", "http://[::1]/",
+                "ftp://example.com/", "http://localhost/x"):
+        with pytest.raises(InvalidRequest):
+            asyncio.run(check_destination(url, []))
+    asyncio.run(check_destination("http://127.0.0.1:9/hook", WebhookConfig(allowed_networks=LOOPBACK).allowed_networks))
+    (delivery,) = deliver(WebhookConfig(secret=secret, retry_delays_s=[]), "http://127.0.0.1:9/hook", JOB)[0]
+    assert delivery.status_code is None and "non-public" in delivery.error
+
+
+def test_a_job_gets_its_url_or_the_default_and_none_without_a_secret(secret: str) -> None:
+    sender = WebhookSender(WebhookConfig(secret=secret, default_url="http://127.0.0.1:1/default",
+                                         allowed_networks=LOOPBACK), lambda *_: None)
+    assert asyncio.run(sender.check(None)) == "http://127.0.0.1:1/default"
+    assert asyncio.run(sender.check("http://127.0.0.2/mine")) == "http://127.0.0.2/mine"
+    with pytest.raises(InvalidRequest) as disabled:
+        asyncio.run(WebhookSender(WebhookConfig(), lambda *_: None).check("http://127.0.0.1/x"))
+    assert disabled.value.code == "webhooks_disabled"
+    assert asyncio.run(WebhookSender(WebhookConfig(), lambda *_: None).check(None)) is None
+    with pytest.raises(ValueError):
+        WebhookConfig(secret="not-whsec")
