@@ -124,17 +124,24 @@ async def inside(stages: Stages, stage: str) -> None:
     await asyncio.wait_for(stages.entered[stage].wait(), 20)
 
 
-def test_a_decode_lost_after_denoising_resumes_from_the_checkpoint(place) -> None:
+def run_one_job(place, faults: dict[str, list] | None = None, hang: tuple[str, ...] = (),
+                **policy) -> tuple[Stages, Job]:
+    """One job through a fresh runner whose stages fail (`faults`) or never answer (`hang`) as told."""
     async def scenario():
         stages = Stages(place[1])
-        stages.faults["decode"] = [ActorDiedError()]
-        runner = runner_on(place, stages)
+        stages.faults.update(faults or {})
+        stages.hang.update({stage: asyncio.Event() for stage in hang})
+        runner = runner_on(place, stages, **policy)
         await runner.start()
         job = await finished(runner, (await submit(runner)).id)
         await runner.stop()
         return stages, job
 
-    stages, job = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_decode_lost_after_denoising_resumes_from_the_checkpoint(place) -> None:
+    stages, job = run_one_job(place, faults={"decode": [ActorDiedError()]})
     assert job.status is JobStatus.COMPLETED and job.resumed_from_checkpoint
     assert stages.calls == {"encode": 1, "denoise": 1, "decode": 2}  # no second denoise
     assert [a.error.code if a.error else None for a in job.attempts] == [ErrorCode.STAGE_LOST, None]
@@ -143,47 +150,20 @@ def test_a_decode_lost_after_denoising_resumes_from_the_checkpoint(place) -> Non
 
 
 def test_a_lost_gang_worker_runs_the_job_again_from_the_start(place) -> None:
-    async def scenario():
-        stages = Stages(place[1])
-        stages.faults["denoise"] = [GangWorkerDied("rank 1 died")]
-        runner = runner_on(place, stages)
-        await runner.start()
-        job = await finished(runner, (await submit(runner)).id)
-        await runner.stop()
-        return stages, job
-
-    stages, job = asyncio.run(scenario())
+    stages, job = run_one_job(place, faults={"denoise": [GangWorkerDied("rank 1 died")]})
     assert job.status is JobStatus.COMPLETED and not job.resumed_from_checkpoint
     assert stages.calls["denoise"] == 2 and len(job.attempts) == 2
     assert job.attempts[0].error.code is ErrorCode.WORKER_DIED and "rank 1 died" in job.attempts[0].error.message
 
 
 def test_an_error_that_would_repeat_fails_at_once(place) -> None:
-    async def scenario():
-        stages = Stages(place[1])
-        stages.faults["denoise"] = [ValueError("this transformer is a T2V model and takes no image")]
-        runner = runner_on(place, stages)
-        await runner.start()
-        job = await finished(runner, (await submit(runner)).id)
-        await runner.stop()
-        return stages, job
-
-    stages, job = asyncio.run(scenario())
+    stages, job = run_one_job(place, faults={"denoise": [ValueError("a T2V model takes no image")]})
     assert job.status is JobStatus.FAILED and job.error.code is ErrorCode.STAGE_FAILED
     assert len(job.attempts) == 1 and stages.calls["denoise"] == 1
 
 
 def test_attempts_run_out_and_the_job_fails_with_every_cause(place) -> None:
-    async def scenario():
-        stages = Stages(place[1])
-        stages.faults["encode"] = [ActorDiedError(), ActorDiedError(), ActorDiedError()]
-        runner = runner_on(place, stages)
-        await runner.start()
-        job = await finished(runner, (await submit(runner)).id)
-        await runner.stop()
-        return job
-
-    job = asyncio.run(scenario())
+    _, job = run_one_job(place, faults={"encode": [ActorDiedError(), ActorDiedError(), ActorDiedError()]})
     assert job.status is JobStatus.FAILED and job.error.code is ErrorCode.STAGE_LOST
     assert "run 3 of 3" in job.error.message
     assert [a.error.code for a in job.attempts] == [ErrorCode.STAGE_LOST] * 3
@@ -212,16 +192,7 @@ def test_a_stage_that_stops_answering_times_out_and_the_job_runs_again(place) ->
 
 
 def test_the_deadline_ends_a_job_and_frees_the_gang(place) -> None:
-    async def scenario():
-        stages = Stages(place[1])
-        stages.hang["denoise"] = asyncio.Event()  # a denoise that never ends
-        runner = runner_on(place, stages, job_deadline_s=0.3)
-        await runner.start()
-        job = await finished(runner, (await submit(runner)).id)
-        await runner.stop()
-        return stages, job
-
-    stages, job = asyncio.run(scenario())
+    stages, job = run_one_job(place, hang=("denoise",), job_deadline_s=0.3)
     assert job.status is JobStatus.FAILED and job.error.code is ErrorCode.DEADLINE_EXCEEDED
     assert stages.denoise_closed == 1  # the stream was closed: the gang is told to stop
 
