@@ -117,9 +117,12 @@ class FakeGpuCluster:
         return [node["NodeID"] for node in ray.nodes() if node["Alive"] and node["Resources"].get("GPU")]
 
     def stop(self) -> None:
-        """Ends the head's process and everything it started; nothing else on the machine."""
+        """Ends the head's process and everything it started; nothing else on the machine. A driver still
+        connected loses its GCS, and Ray ends such a process: this one disconnects first."""
         if self._head is None:
             return
+        if ray.is_initialized() and ray.get_runtime_context().gcs_address == self.address:
+            ray.shutdown()
         family = [self._head, *_descendants(self._head.pid)]
         self._head.terminate()
         try:
@@ -131,6 +134,7 @@ class FakeGpuCluster:
                 process.kill()
             except (psutil.NoSuchProcess, ProcessLookupError):
                 pass
+        psutil.wait_procs([p for p in family if isinstance(p, psutil.Process)], timeout=STOP_TIMEOUT_S)
         self._head = None
         shutil.rmtree(self._dir, ignore_errors=True)
 
