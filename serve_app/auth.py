@@ -18,6 +18,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers, MutableHeaders
@@ -95,7 +96,7 @@ def bearer_key(headers: Headers, method: str) -> str | None:
         for part in headers.get("cookie", "").split(";"):
             name, _, value = part.strip().partition("=")
             if name == KEY_COOKIE and value:
-                return value
+                return unquote(value)
     return None
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validat
 from serve_app.schemas import Job, Seconds
 from skyreels.request import Task
 
-TIMESTAMPS = ("created_at", "started_at", "completed_at")
+TIMESTAMPS = ("created_at", "started_at", "completed_at", "expires_at")
 
 
 def duration(frames: int, fps: int) -> str:

@@ -108,13 +108,44 @@ function classedElement(tag, className) {
     return `HTTP ${status}`;
   }
 
-  /** fetch() that throws an Error carrying the server's message on a non-2xx answer. */
+  // ---------------------------------------------------------------- API key (servers with keys answer 401)
+
+  const KEY_NAME = "skyreels_api_key";
+
+  function apiKey() {
+    return localStorage.getItem(KEY_NAME) || "";
+  }
+
+  function rememberKey(key) {
+    localStorage.setItem(KEY_NAME, key);
+    // <video>, <img> and EventSource cannot send headers: the server accepts this cookie on reads (GET) only
+    document.cookie = `${KEY_NAME}=${encodeURIComponent(key)}; path=/; SameSite=Strict`;
+  }
+
+  function withKey(options) {
+    const key = apiKey();
+    if (!key) return options;
+    const opts = Object.assign({}, options);
+    opts.headers = Object.assign({}, opts.headers, { Authorization: `Bearer ${key}` });
+    return opts;
+  }
+
+  if (apiKey()) rememberKey(apiKey());
+
+  /** fetch() that throws an Error carrying the server's message on a non-2xx answer; asks for an API key on 401. */
   async function api(url, options) {
     let resp;
     try {
-      resp = await fetch(url, options);
+      resp = await fetch(url, withKey(options));
     } catch (e) {
       throw new Error(`Cannot reach the server (${e.message || e}).`);
+    }
+    if (resp.status === 401) {
+      const key = window.prompt(apiKey() ? "That API key was refused. API key:" : "This server needs an API key:");
+      if (key && key.trim()) {
+        rememberKey(key.trim());
+        return api(url, options);
+      }
     }
     const text = await resp.text();
     let body = null;
@@ -129,7 +160,7 @@ function classedElement(tag, className) {
       let msg = errorText(resp.status, body, text);
       if (resp.status === 429) {
         const retry = resp.headers.get("Retry-After");
-        msg = `The queue is full${retry ? `; try again in ${retry} s` : "; try again shortly"}. ${msg}`;
+        msg = `Too many jobs for now${retry ? `; try again in ${retry} s` : "; try again shortly"}. ${msg}`;
       }
       const err = new Error(msg);
       err.status = resp.status;
