@@ -76,7 +76,8 @@ class Layout:
         """gpu8's application with this layout's replicas and GPUs, fixed (no autoscaling)."""
         config = sim_config(base, root, port, options.time_factor, options.profile, gpus_per_replica=self.gang,
                             decode_on=self.decode_on, max_running_jobs=3 * self.gangs, max_queued_jobs=256)
-        fixed = {"TextEncoder": (1, self.text_gpus), "Denoiser": (self.gangs, 0), "Vae": (max(self.vaes, 1), 1 if self.vaes else 0)}
+        fixed = {"TextEncoder": (1, self.text_gpus), "Denoiser": (self.gangs, 0),
+                 "Vae": (max(self.vaes, 1), 1 if self.vaes else 0)}
         for deployment in config["applications"][0]["deployments"]:
             if deployment["name"] in fixed:
                 deployment.pop("autoscaling_config", None)
@@ -159,7 +160,8 @@ def run_autoscaling(cluster: FakeGpuCluster, base: dict, args: argparse.Namespac
         if autoscaling:
             autoscaling["max_replicas"] = min(autoscaling["max_replicas"], cluster.spec.max_gpu_nodes)
             autoscaling["upscale_delay_s"] = max(1.0, autoscaling["upscale_delay_s"] * options.time_factor)
-            autoscaling["downscale_delay_s"] = min(10.0, max(1.0, autoscaling["downscale_delay_s"] * options.time_factor))
+            autoscaling["downscale_delay_s"] = min(10.0, max(1.0, autoscaling["downscale_delay_s"]
+                                                              * options.time_factor))
     deploy(config)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, timeout_s=300)
@@ -290,11 +292,13 @@ def _write(args, options, layouts, summaries, records, timelines, autoscaling, a
               "scale except overhead and orchestration (wall ms, not scaled). Busy: the sim's stage time over the "
               "replicas' time; GPUs: over all 8. Capacity: the most videos/hour the layout's bottleneck stage allows "
               "(profile arithmetic).", ""]
-    header += [f"- **{layout.name}** ({layout.shape}, decode on {layout.decode_on}): {layout.about}" for layout in layouts]
+    header += [f"- **{layout.name}** ({layout.shape}, decode on {layout.decode_on}): {layout.about}"
+               for layout in layouts]
     text = markdown(summaries, layouts, header)
     if autoscaling:
         text += "\n## Autoscaling (gpu8 config, sim at {}x)\n\n".format(args.burst_time_factor) + "\n".join(
-            f"- {key}: {value if not isinstance(value, float) else round(value, 1)}" for key, value in autoscaling.items()) + "\n"
+            f"- {key}: {round(value, 1) if isinstance(value, float) else value}"
+            for key, value in autoscaling.items()) + "\n"
     out.with_suffix(".md").write_text(text)
     logger.info("wrote %s, %s and %s", out, out.with_suffix(".md"), ", ".join(str(p) for p in charts.values()))
 

@@ -87,7 +87,8 @@ def markdown(summaries: list[RunSummary], layouts: list[Any], header: list[str])
     for s in summaries:
         layout = by_name[s.layout]
         busy = " / ".join(f"{s.busy[k]:.0%}" for k in ("TextEncoder", "Denoiser", "Vae", "gpus"))
-        lines.append(f"| {s.layout} | {layout.shape} | {layout.decode_on} | {s.capacity_per_hour:.1f} | {s.rate_per_hour:g} | "
+        lines.append(f"| {s.layout} | {layout.shape} | {layout.decode_on} | {s.capacity_per_hour:.1f} | "
+                     f"{s.rate_per_hour:g} | "
                      f"{s.completed}/{s.submitted} | {s.throughput_per_hour:.1f} | {s.latency_p50_s:.0f} | "
                      f"{s.latency_p95_s:.0f} | {s.queue_wait_p50_s:.0f} | {busy} | {s.overhead_ms:.0f} | "
                      f"{s.orchestration_ms:.0f} |")

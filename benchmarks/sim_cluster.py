@@ -104,7 +104,8 @@ class FakeGpuCluster:
                    f"--object-store-memory={self.spec.object_store_mib * 2**20}",
                    f"--autoscaling-config={config}", f"--temp-dir={self._dir}", "--include-dashboard=false",
                    "--disable-usage-stats"]
-        # token auth (`ray start`'s default) would need every client to carry the token: a local test cluster goes without
+        # token auth (`ray start`'s default) would need every client to carry the token: a local test cluster
+        # goes without
         env = os.environ | {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_AUTH_MODE": "disabled"}
         env.pop("RAY_ADDRESS", None)
         log = (self._dir / "head.log").open("w")
@@ -143,7 +144,8 @@ class FakeGpuCluster:
         ready = self._dir / "ray_current_cluster"  # `ray start` writes the address when the head is up
         while not ready.exists():
             if self._head.poll() is not None:
-                raise RuntimeError(f"ray start exited ({self._head.returncode}): {(self._dir / 'head.log').read_text()}")
+                log = (self._dir / "head.log").read_text()
+                raise RuntimeError(f"ray start exited ({self._head.returncode}): {log}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise TimeoutError(f"the fake cluster's head did not start within {START_TIMEOUT_S} s")

@@ -68,8 +68,8 @@ def test_a_profile_file_replaces_the_published_figures(tmp_path: Path) -> None:
 
 def test_i2v_encodes_the_image_and_denoises_from_it(first_frame: Image.Image) -> None:
     pipe = LocalPipeline.from_pretrained(f"sim?time_factor={FACTOR}", task=Task.I2V)
-    request = GenerationRequest(prompt="a fox", task=Task.I2V, image=first_frame, seed=3, height=64, width=64, num_frames=9,
-                                num_inference_steps=2)
+    request = GenerationRequest(prompt="a fox", task=Task.I2V, image=first_frame, seed=3, height=64, width=64,
+                                num_frames=9, num_inference_steps=2)
     result = pipe.generate(request)
     assert result.frames.shape == (9, 64, 64, 3) and "image_encode" in result.timings
     with pytest.raises(ValueError, match="needs"):
@@ -97,7 +97,9 @@ def test_fail_rate_fails_at_random_and_crash_ends_the_process(monkeypatch: pytes
     plan.strike("denoise", 0.0, crashes_here=False)
     plan.strike("denoise", 0.0)
     assert exits == [1]
-    assert FaultPlan.read(plan.mark(torch.zeros(3))) == plan
+    everything = FaultPlan.from_prompt(" ".join(f"#{action}-{stage}" for action in ("fail", "crash")
+                                                for stage in ("text", "denoise", "decode")))
+    assert FaultPlan.read(everything.mark(torch.zeros(3, dtype=torch.bfloat16))) == everything
 
 
 def test_a_gang_rank_stops_between_steps_when_asked() -> None:
