@@ -56,3 +56,31 @@ def test_every_replica_killed_at_once_then_every_job_completes(ray_local, tmp_pa
     serve.delete(app.name)
     assert [job["status"] for job in finished] == ["completed"] * 5
     assert any(job["attempts"][0]["error"] for job in finished)  # at least one run was cut off and ran again
+
+
+def test_a_graceful_stop_hands_running_jobs_back_and_the_next_deploy_runs_them(ray_local, tmp_path_factory) -> None:
+    from ray import serve
+
+    from conftest import deploy
+    from serve_app.store import JobStore
+
+    root = tmp_path_factory.mktemp("graceful")
+    settings = dict(gpus_per_replica=2, shutdown_grace_s=0)  # no grace: every running job goes back
+    app = deploy(ray_local, root, "graceful", "/graceful", **settings)
+    with VideoClient(app.url, timeout_s=60) as client:
+        job = client.submit("handed back", seed=4, size="64x64", num_frames=9, num_inference_steps=100)
+        deadline = time.monotonic() + 120
+        while client.get(job["id"])["phase"] != "denoising":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    serve.delete(app.name)  # Serve's graceful stop: the ingress's __del__ runs
+    with JobStore(app.database_path) as store:
+        handed_back = store.get(job["id"])
+    assert handed_back.status.value == "queued"
+    assert handed_back.attempts[-1].error.code.value == "handed_back"
+
+    again = deploy(ray_local, root, "graceful", "/graceful", **settings)
+    with VideoClient(again.url, timeout_s=60) as client:
+        done = client.wait(job["id"], timeout_s=300)
+    serve.delete(again.name)
+    assert done["status"] == "completed" and len(done["attempts"]) == 2
