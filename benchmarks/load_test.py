@@ -232,6 +232,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/chaos_tiny_cpu.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     url = args.url or _start_local_app()
     if args.url:
         ray.init(address="auto", logging_level=logging.WARNING)
