@@ -13,31 +13,24 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from PIL import Image
 
-from deployments.errors import GangUnavailable
-from serve_app.failures import StageTimeout, job_error
+from serve_app.failures import job_error
 from serve_app.metrics import JobMetrics
 from serve_app.requests import to_generation_request
 from serve_app.schemas import Attempt, ErrorCode, Job, JobError, JobStatus
+from serve_app.serve_stages import ServeStages
 from serve_app.store import JobStore
 from skyreels.artifacts import INPUT_IMAGE, ArtifactStore, LatentCheckpoint, StoredVideo
-from skyreels.progress import StepProgress
-from skyreels.recipe import Denoised, Phase, Progress, generate
-from skyreels.request import GenerationRequest, Task
+from skyreels.recipe import Phase, Progress, generate
+from skyreels.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
-
-# A broken gang is replaced by Serve within its health-check period plus a model load.
-GANG_RETRIES, GANG_RETRY_S = 40, 3.0
-
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class JobPolicy:
@@ -76,47 +69,6 @@ class JobEvents:
             self._listeners[job_id].discard(queue)
             if not self._listeners[job_id]:
                 del self._listeners[job_id]
-
-
-class ServeStages:
-    """The recipe's stages behind Serve handles, for one job. `decoder` is the Vae or the Denoiser deployment:
-    both decode latents to the job's stored video (`decode_to_storage`)."""
-
-    def __init__(self, job_id: str, text_encoder: Any, denoiser: Any, vae: Any, decoder: Any,
-                 timeout_s: float) -> None:
-        self.job_id = job_id
-        self.text_encoder, self.denoiser, self.vae, self.decoder = text_encoder, denoiser, vae, decoder
-        self.timeout_s = timeout_s  # the DiT's own watchdog is the gang's (deployments.denoiser)
-
-    async def encode_text(self, prompt: str, negative_prompt: str | None) -> Any:
-        return await self._within(self.text_encoder.encode.remote(prompt, negative_prompt), "text encoding")
-
-    async def encode_image(self, request: GenerationRequest) -> Any:
-        return await self._within(
-            self.vae.encode_image.remote(request.image, request.height, request.width, request.seed), "image encoding")
-
-    async def denoise(self, task: Task, conditioning: Any, params: Any, image: Any
-                      ) -> AsyncIterator[StepProgress | Denoised]:
-        """The gang's stream; waits out a gang that is being replaced (nothing ran on it yet)."""
-        for attempt in range(GANG_RETRIES + 1):
-            try:
-                async for event in self.denoiser.denoise.remote(task, conditioning, params, image):
-                    yield event
-                return
-            except GangUnavailable:
-                if attempt == GANG_RETRIES:
-                    raise
-                logger.warning("job %s: the DiT gang is being replaced; retrying in %.0f s", self.job_id, GANG_RETRY_S)
-                await asyncio.sleep(GANG_RETRY_S)
-
-    async def decode(self, latents: Any, request: GenerationRequest) -> StoredVideo:
-        return await self._within(self.decoder.decode_to_storage.remote(self.job_id, latents, request.fps), "decoding")
-
-    async def _within(self, call: Awaitable[T], what: str) -> T:
-        try:
-            return await asyncio.wait_for(call, self.timeout_s)
-        except asyncio.TimeoutError as error:
-            raise StageTimeout(f"{what} did not answer within {self.timeout_s:.0f} s") from error
 
 
 class JobRunner:
