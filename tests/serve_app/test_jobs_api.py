@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 
-import imageio.v3 as iio
-import numpy as np
 import pytest
 from PIL import Image
 
