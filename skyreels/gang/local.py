@@ -8,6 +8,7 @@ puts the generation recipe's stages on the gang.
 from __future__ import annotations
 
 import logging
+import pickle
 import queue
 import time
 import traceback
@@ -20,6 +21,7 @@ import torch
 import torch.multiprocessing as mp
 
 from skyreels.gang.commands import Command, Decode, Denoise, EncodeImage, EncodeText, ranks_for
+from skyreels.gang.process import rank_process
 from skyreels.gang.rank import GangRank, RankSpec
 from skyreels.parallel.group import free_port
 from skyreels.progress import StepProgress
@@ -62,9 +64,12 @@ class LocalGang:
         self._answers = context.Queue()
         self._stop = context.Event()
         port = free_port()
+        verbose = logging.getLogger().isEnabledFor(logging.INFO)  # the ranks log as this process does
+        spec_blob = pickle.dumps(spec)
         self._processes = [
-            context.Process(target=_rank_main, args=(spec, rank, port, self._commands[rank], self._answers,
-                                                     self._stop), daemon=True, name=f"skyreels-rank{rank}")
+            context.Process(target=rank_process, args=(verbose, spec_blob, rank, port, self._commands[rank],
+                                                       self._answers, self._stop),
+                            daemon=True, name=f"skyreels-rank{rank}")
             for rank in range(spec.world_size)
         ]
         for process in self._processes:
@@ -167,7 +172,7 @@ def _next_command(commands) -> Command | None:
                 return None
 
 
-def _rank_main(spec: RankSpec, rank: int, port: int, commands, answers, stop) -> None:
+def rank_main(spec: RankSpec, rank: int, port: int, commands, answers, stop) -> None:
     gang_rank = None
     try:
         gang_rank = GangRank(spec, rank, cuda_index=rank, stop=stop)
