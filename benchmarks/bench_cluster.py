@@ -171,7 +171,7 @@ def run_autoscaling(cluster: FakeGpuCluster, base: dict, args: argparse.Namespac
         ids = [client.submit(f"burst job {i}", seed=i, num_inference_steps=args.steps)["id"] for i in range(args.burst)]
         jobs = drain(client, ids)
         _wait_until(lambda: watch.samples[-1].wanted["Denoiser"] == 1 and len(watch.samples[-1].gpu_nodes) == 1,
-                    120)
+                    60)
     serve.delete(APP)
 
     def first(condition) -> float | None:
@@ -255,17 +255,18 @@ def main() -> None:
             summaries += rows
             records += jobs
             logger.info("%s: %s", layout.name, [(s.rate_per_hour, round(s.throughput_per_hour, 1)) for s in rows])
+            # what is measured so far, should a later part not finish
+            _write(args, layouts, summaries, records, timelines, None, {}, time.monotonic() - started)
         if args.autoscale:
             burst_options = options.model_copy(update={"time_factor": args.burst_time_factor})
             autoscaling, timeline = run_autoscaling(cluster, base, args, burst_options, root, port)
             autoscale_timeline[f"gpu8 autoscaling, burst of {args.burst}"] = timeline
         serve.shutdown()
         ray.shutdown()
-    _write(args, options, layouts, summaries, records, timelines, autoscaling, autoscale_timeline,
-           time.monotonic() - started)
+    _write(args, layouts, summaries, records, timelines, autoscaling, autoscale_timeline, time.monotonic() - started)
 
 
-def _write(args, options, layouts, summaries, records, timelines, autoscaling, autoscale_timeline, seconds) -> None:
+def _write(args, layouts, summaries, records, timelines, autoscaling, autoscale_timeline, seconds) -> None:
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     charts = {"rates": out.with_name(f"{out.stem}_rates.png"), "timeline": out.with_name(f"{out.stem}_timeline.png")}

@@ -155,13 +155,16 @@ class FakeGpuCluster:
 def sim_config(config: dict, root: Path, port: int, time_factor: float, profile: Path | None = None,
                **args: Any) -> dict:
     """A Serve config (a cluster/*.yaml, loaded) on the sim model source, on fake GPUs, its files under `root`,
-    HTTP on `port`; `args` override the app's."""
+    HTTP on `port`; `args` override the app's. Fake nodes have no accelerator type: a stage pinned to one is
+    not, here."""
     source = f"sim?time_factor={time_factor}" + (f"&profile={profile}" if profile is not None else "")
     (app,) = config["applications"]
     app_args = app["args"] | dict(model=source, i2v_model=source, device="cpu", reserve_gpus=True,
                                   database_path=str(root / "jobs.sqlite3"), artifact_url=str(root / "artifacts"))
+    deployments = [d | {"ray_actor_options": {k: v for k, v in d.get("ray_actor_options", {}).items()
+                                              if k != "accelerator_type"}} for d in app["deployments"]]
     return config | {"http_options": {"host": "127.0.0.1", "port": port},
-                     "applications": [app | {"args": app_args | args}]}
+                     "applications": [app | {"args": app_args | args, "deployments": deployments}]}
 
 
 def deploy(config: dict, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:

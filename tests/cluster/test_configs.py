@@ -221,8 +221,16 @@ def test_gpu8_arithmetic(name):
     gang = _args(config)["gpus_per_replica"]
     # One node at min replicas: text encoder + VAE + gangs within 8 GPUs.
     assert _node_gpus_at_min(config) <= 8
-    assert _gpus(deployments["TextEncoder"]) == 1 and _gpus(deployments["Vae"]) == 1
-    # At max replicas every extra gang needs a node of its own (6 of its 8 GPUs on one node):
+    # The text encoder and the VAE hold a GPU each, or share the gang's: then they ask Ray for none, see the
+    # node's GPUs (as on gpu1) and are kept off the CPU-only head by their accelerator type.
+    for stage in ("TextEncoder", "Vae"):
+        options = deployments[stage]["ray_actor_options"]
+        if _gpus(deployments[stage]) == 0:
+            assert options["accelerator_type"]
+            assert options["runtime_env"]["env_vars"]["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] == "1"
+        else:
+            assert _gpus(deployments[stage]) == 1
+    # At max replicas every extra gang needs a node of its own (more than half of its 8 GPUs):
     # all replicas must fit in max_gangs nodes.
     max_gangs = _replicas(deployments["Denoiser"], "max")
     at_max = (
@@ -233,7 +241,7 @@ def test_gpu8_arithmetic(name):
     assert gang > 8 // 2, "this layout assumes one gang per node"
     assert at_max <= 8 * max_gangs
     for stage in ("TextEncoder", "Vae"):
-        assert _replicas(deployments[stage], "max") <= max_gangs * (8 - gang)
+        assert _gpus(deployments[stage]) == 0 or _replicas(deployments[stage], "max") <= max_gangs * (8 - gang)
 
 
 def test_kuberay_serve_config_is_gpu8_with_cluster_storage():
