@@ -174,10 +174,15 @@ def run_autoscaling(cluster: FakeGpuCluster, base: dict, args: argparse.Namespac
                     60)
     serve.delete(APP)
 
-    def first(condition) -> float | None:
-        return next((s.at - burst for s in watch.samples if s.at >= burst and condition(s)), None)
+    def first(condition, after: float | None = 0.0) -> float | None:
+        """Seconds from the burst to the first sample (`after` seconds past it) where `condition` holds."""
+        if after is None:
+            return None
+        return next((s.at - burst for s in watch.samples if s.at >= burst + after and condition(s)), None)
 
     figures = {
+        "gang": config["applications"][0]["args"]["gpus_per_replica"],
+        "decode_on": config["applications"][0]["args"]["decode_on"],
         "burst_jobs": args.burst, "completed": sum(job["status"] == "completed" for job in jobs),
         "wall_s_to_second_gang_wanted": first(lambda s: s.wanted["Denoiser"] >= 2),
         "wall_s_to_second_node": first(lambda s: len(s.gpu_nodes) >= 2),
@@ -185,9 +190,9 @@ def run_autoscaling(cluster: FakeGpuCluster, base: dict, args: argparse.Namespac
         "max_gangs": max(s.wanted["Denoiser"] for s in watch.samples),
         "max_nodes": max(len(s.gpu_nodes) for s in watch.samples),
         "wall_s_to_last_done": max(job["completed_at"] for job in jobs) - burst,
-        "wall_s_back_to_one_node": first(lambda s: s.at > burst + 1 and len(s.gpu_nodes) == 1
-                                         and s.wanted["Denoiser"] == 1),
     }
+    figures["wall_s_back_to_one_node"] = first(lambda s: len(s.gpu_nodes) == 1,
+                                               after=figures["wall_s_to_second_gang_serving"])
     return figures, _timeline(jobs, [s for s in watch.samples if s.at >= burst - 1], options.time_factor)
 
 
