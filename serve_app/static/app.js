@@ -232,6 +232,7 @@ function classedElement(tag, className) {
       console.warn("GET /v1/models failed:", e);
     }
     onModelChange();
+    el.model.dataset.loaded = "true"; // the list is final: tests (and scripts) wait for this
   }
 
   function isI2V() {

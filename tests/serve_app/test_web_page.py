@@ -98,13 +98,9 @@ def test_page_generates_and_plays_a_video(browser, serve_base_url: str, tmp_path
     by_id = lambda i: driver.find_element("id", i)  # noqa: E731
     driver.get(serve_base_url.rstrip("/") + "/")
 
-    # the model list comes from GET /v1/models
-    _wait(
-        driver,
-        lambda: "skyreels-v1-t2v" in [o.get_attribute("value") for o in Select(by_id("model")).options],
-        30,
-        "the model list",
-    )
+    # the model list comes from GET /v1/models, which replaces the page's built-in options
+    _wait(driver, lambda: by_id("model").get_attribute("data-loaded") == "true", 30, "the model list")
+    assert "skyreels-v1-t2v" in [o.get_attribute("value") for o in Select(by_id("model")).options]
     Select(by_id("model")).select_by_value("skyreels-v1-t2v")
     assert not by_id("image").is_displayed(), "the image input is for i2v only"
 
