@@ -128,7 +128,7 @@ class JobRunner:
         self.store.add(job)
         self._requests[job.id] = request
         self.metrics.submitted.labels(job.model).inc()
-        await self._enqueue(job.id)
+        self._enqueue(job.id)
         return job
 
     def queue_position(self, job_id: str) -> int | None:
@@ -168,7 +168,7 @@ class JobRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _enqueue(self, job_id: str, first: bool = False) -> None:
+    def _enqueue(self, job_id: str, first: bool = False) -> None:
         self._pending.insert(0, job_id) if first else self._pending.append(job_id)
         self._queue_changed()
 
@@ -233,9 +233,9 @@ class JobRunner:
                             attempts=[*job.attempts, attempt])
 
     async def _end_attempt(self, job: Job, cause: JobError, metrics: dict[str, float] | None = None,
-                           queue: bool = True) -> Job | None:
+                           queue: bool = True) -> None:
         """Records why the job's last run ended; runs it again when infrastructure cut it off and attempts
-        remain (the job, queued again), else ends it (None)."""
+        remain (queued again, at the front unless `queue` is off), else ends it."""
         now = time.time()
         last = job.attempts[-1] if job.attempts else Attempt(number=1, started_at=job.started_at or now)
         attempts = [*job.attempts[:-1], last.model_copy(update={"ended_at": now, "error": cause})]
@@ -244,17 +244,16 @@ class JobRunner:
             logger.warning("job %s: %s; running it again (%d of %d runs used)", job.id, cause.message, counted,
                            self.policy.max_attempts)
             self.metrics.reruns.labels(cause.code.value).inc()
-            job = self._update(job.id, status=JobStatus.QUEUED, phase=Phase.QUEUED, progress=0, current_step=0,
-                               attempts=attempts)
+            self._update(job.id, status=JobStatus.QUEUED, phase=Phase.QUEUED, progress=0, current_step=0,
+                         attempts=attempts)
             if queue:
-                await self._enqueue(job.id, first=True)  # accepted long ago: it goes before newer jobs
-            return job
+                self._enqueue(job.id, first=True)  # accepted long ago: it goes before newer jobs
+            return
         if cause.code.is_infrastructure:
             cause = cause.model_copy(update={"message": f"{cause.message} (run {counted} of {self.policy.max_attempts}"
                                                         "; each run's cause is in `attempts`)"})
         self._update(job.id, attempts=attempts)
         await self._end(job.id, JobStatus.FAILED, cause, metrics=metrics)
-        return None
 
     def _progress(self, job_id: str, progress: Progress) -> None:
         self._update(job_id, phase=progress.phase, progress=progress.percent, current_step=progress.step,
