@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
+from diffusers import HunyuanVideoTransformer3DModel
+from torch import nn
 
 from skyreels import random_full
 from skyreels.models import ModelPaths, ModelSettings, resolve_model
+from skyreels.optimize.apply import prepare_weights
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.request import Task
 from skyreels.sim.source import SimOptions
 from skyreels.sim.stages import SimDenoiseStage, SimTextEncoderStage, SimVaeStage
+from skyreels.sim.swap import SimWeightBank
 from skyreels.stages.denoise import DenoiseStage
 from skyreels.stages.text import PromptEncoder, TextEncoderStage
 from skyreels.stages.vae import VaeStage
+from skyreels.weights import TransformerBank, WeightBank
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,33 @@ class StageLoader(ABC):
     def attention_heads(self) -> int:
         """The DiT's heads, which the gang's Ulysses degree must divide."""
 
+    @abstractmethod
+    def weight_bank(self, stage: DenoiseStage, served: Mapping[Task, StageLoader]) -> WeightBank:
+        """The bank of the `served` models' weights over `stage`, which this loader made (holding this task's)."""
+
+
+@dataclass(frozen=True)
+class TransformerLoader(StageLoader, ABC):
+    """A source with real transformer weights, which a gang serving several models swaps (skyreels.weights)."""
+
+    @abstractmethod
+    def host_transformer(self) -> nn.Module:
+        """The transformer in host memory, in the loader's dtype, not yet quantised."""
+
+    def weight_bank(self, stage: DenoiseStage, served: Mapping[Task, StageLoader]) -> TransformerBank:
+        others = {task: loader for task, loader in served.items() if task is not self.task}
+        if not all(isinstance(loader, TransformerLoader) for loader in others.values()):
+            raise ValueError(f"a gang swaps weights between models of one kind, not {self.source!r} and "
+                             f"{[loader.source for loader in others.values()]}")
+        return TransformerBank.load(stage.transformer, self.task,
+                                    {task: loader.swappable_transformer() for task, loader in others.items()})
+
+    def swappable_transformer(self) -> nn.Module:
+        """The host transformer with its weights in the form a transformer prepared for the device holds them."""
+        transformer = self.host_transformer()
+        prepare_weights(transformer, self.optimize, torch.device(self.device))
+        return transformer
+
 
 def stage_loader(source: str, task: Task | str, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, optimize: OptimizeConfig | None = None,
@@ -67,7 +100,7 @@ def stage_loader(source: str, task: Task | str, device: str | torch.device = "cp
 
 
 @dataclass(frozen=True)
-class WeightsLoader(StageLoader):
+class WeightsLoader(TransformerLoader):
     @cached_property
     def paths(self) -> ModelPaths:
         return resolve_model(self.source, self.task, self.settings)
@@ -81,6 +114,9 @@ class WeightsLoader(StageLoader):
                                             device=self.device, dtype=self.dtype, batch_cfg=batch_cfg,
                                             optimize=self.optimize)
 
+    def host_transformer(self) -> nn.Module:
+        return HunyuanVideoTransformer3DModel.from_pretrained(self.paths.transformer, torch_dtype=self.dtype)
+
     def vae(self, device: str | None = None) -> VaeStage:
         return VaeStage.from_pretrained(self.paths.component("vae"), device=device or self.device, dtype=self.dtype)
 
@@ -89,8 +125,9 @@ class WeightsLoader(StageLoader):
 
 
 @dataclass(frozen=True)
-class RandomFullLoader(StageLoader):
-    """The real architecture with random weights made on the device: for benchmarks only."""
+class RandomFullLoader(TransformerLoader):
+    """The real architecture with random weights made on the device (host copies: on the CPU): for benchmarks
+    only."""
 
     def text(self) -> PromptEncoder:
         return random_full.RandomTextEncoderStage(self.device, self.dtype)
@@ -99,6 +136,9 @@ class RandomFullLoader(StageLoader):
         transformer = random_full.random_transformer(self.task, self.device, self.dtype)
         return DenoiseStage.prepared(transformer, random_full.scheduler(), self.device, self.optimize,
                                      batch_cfg=batch_cfg)
+
+    def host_transformer(self) -> nn.Module:
+        return random_full.random_transformer(self.task, "cpu", self.dtype)
 
     def vae(self, device: str | None = None) -> VaeStage:
         return VaeStage(random_full.random_vae(device or self.device, self.dtype))
@@ -121,6 +161,9 @@ class SimLoader(StageLoader):
 
     def vae(self, device: str | None = None) -> SimVaeStage:
         return SimVaeStage(self.options)
+
+    def weight_bank(self, stage: SimDenoiseStage, served: Mapping[Task, StageLoader]) -> SimWeightBank:
+        return SimWeightBank(stage, tuple(served), self.options)
 
     def attention_heads(self) -> int:
         return random_full.TRANSFORMER_CONFIG["num_attention_heads"]

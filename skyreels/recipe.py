@@ -31,6 +31,7 @@ class Denoised:
     """The last item of a denoise stream: the denoised latents (1, C, T', h, w), float32, on the CPU."""
 
     latents: torch.Tensor
+    weights_s: float = 0.0  # of the stream's time, spent putting the task's weights in place before the steps
 
 
 class Checkpoint(Protocol):
@@ -60,7 +61,8 @@ class Stages(Protocol[Output]):
 class Generated(Generic[Output]):
     output: Output  # what the decode stage made: frames, or a stored video
     latents: torch.Tensor
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    # seconds per stage; "weights" (a gang swapping to another model's weights) is taken out of "denoise"
+    timings: dict[str, float] = field(default_factory=dict)
     resumed: bool = False  # the latents came from the checkpoint: no stage before the decode ran
 
 
@@ -113,6 +115,9 @@ async def _denoised_latents(request: GenerationRequest, stages: Stages, report: 
                     denoised = event
     if denoised is None:
         raise RuntimeError("the denoise stage ended without latents")
+    if denoised.weights_s:
+        timings["weights"] = denoised.weights_s
+        timings["denoise"] -= denoised.weights_s
     return denoised.latents
 
 

@@ -49,6 +49,14 @@ class RankSpec:
     decode: bool = False  # every rank holds the VAE and decodes its share of the tiles
     collective_timeout_s: float = 300.0  # a collective waiting longer fails (NCCL: the process is torn down)
 
+    def __post_init__(self) -> None:
+        if len(self.transformers) > 1 and self.optimize.block_offload:
+            # diffusers' group offloading keeps its own host copies of the blocks' weights and uploads those block
+            # by block: a swap would have to rewrite them behind its back (and its weights already live on the host)
+            raise ValueError("block_offload streams one model's weights from host memory and cannot swap models: "
+                             f"serve {', '.join(task.value for task in self.transformers)} on a gang each, "
+                             "or turn block_offload off")
+
 
 class GangRank:
     def __init__(self, spec: RankSpec, rank: int, cuda_index: int = 0, stop: StopFlag | None = None) -> None:
@@ -59,8 +67,10 @@ class GangRank:
         self.stop = stop or threading.Event()
         loaders = {task: stage_loader(source, task, self.device, spec.dtype, spec.optimize, spec.settings)
                    for task, source in spec.transformers.items()}
-        self.denoisers = {task: loader.denoiser(batch_cfg=not spec.sequence_batch) for task, loader in loaders.items()}
+        # one transformer on the device, the first task's; the bank holds every served model's weights to swap in
         base = next(iter(loaders.values()))  # text encoders and VAE are the HunyuanVideo base of every task
+        self.denoiser = base.denoiser(batch_cfg=not spec.sequence_batch)
+        self.weights = base.weight_bank(self.denoiser, loaders)
         self.heads = base.attention_heads()
         self.text = base.text() if spec.encode_text and self.is_main else None
         self.vae = base.vae() if spec.decode else None
@@ -70,12 +80,11 @@ class GangRank:
         return self.rank == 0
 
     def join(self, master_addr: str, master_port: int) -> None:
-        """Joins the gang's group (every rank must call it) and splits every transformer over the mesh."""
+        """Joins the gang's group (every rank must call it) and splits the transformer over the mesh."""
         init_group(GroupSpec(self.rank, self.spec.world_size, master_addr, master_port, self.spec.device,
                              cuda_index=self.cuda_index, timeout_s=self.spec.collective_timeout_s))
         mesh = DeviceMesh(MeshShape.plan(self.spec.world_size, self.heads, sequence_batch=self.spec.sequence_batch))
-        for stage in self.denoisers.values():
-            stage.distribute(mesh)
+        self.denoiser.distribute(mesh)
 
     def run(self, command: Command) -> Iterator[Any]:
         """This rank's part of `command`. Rank 0 yields the answer (one item, or the Denoise stream); the other
@@ -98,8 +107,11 @@ class GangRank:
 
     def _denoise(self, command: Denoise) -> Iterator[Any]:
         """Every rank runs the steps; after each one the ranks agree whether any was asked to stop, so that
-        they stop together and none is left waiting in a collective. The driver clears the stop flag."""
-        stage = self.denoisers[command.task]
+        they stop together and none is left waiting in a collective. The driver clears the stop flag.
+
+        Every rank swaps to the task's weights first (all run every Denoise, so they swap together)."""
+        stage = self.denoiser
+        weights_s = self.weights.activate(command.task)
         latents = None
         for progress, latents in stage.steps(command.conditioning, command.params, command.image):
             if self.is_main:
@@ -107,7 +119,7 @@ class GangRank:
             if progress.step < progress.total and any_rank(self.stop.is_set(), stage.device):
                 return
         if self.is_main:
-            yield Denoised(latents.cpu())
+            yield Denoised(latents.cpu(), weights_s=weights_s)
 
     def _stage(self, stage: Any, name: str) -> Any:
         if stage is None:

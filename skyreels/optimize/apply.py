@@ -24,8 +24,7 @@ def prepare_transformer(
     The model arrives on the CPU; it ends on `device`, or on the CPU when offloaded.
     """
     use_joint_attention(transformer)
-    if config.quant != "none":
-        quantize_linears(transformer, resolve_mode(config.quant, device))
+    prepare_weights(transformer, config, device)
     backend = usable_backend(config.attention_backend, device)
     if backend != "native":
         set_backend(transformer, backend)
@@ -39,6 +38,12 @@ def prepare_transformer(
         compile_blocks(transformer)
 
 
-def prepare_text_encoder(llama: nn.Module, config: OptimizeConfig, device: torch.device) -> None:
+def prepare_weights(model: nn.Module, config: OptimizeConfig, device: torch.device) -> None:
+    """What changes the weights themselves: the quantisation, as it is done for `device`. Also for the host copy
+    of a transformer that one on `device` swaps in (skyreels.weights)."""
     if config.quant != "none":
-        quantize_linears(llama, resolve_mode(config.quant, device))
+        quantize_linears(model, resolve_mode(config.quant, device))
+
+
+def prepare_text_encoder(llama: nn.Module, config: OptimizeConfig, device: torch.device) -> None:
+    prepare_weights(llama, config, device)

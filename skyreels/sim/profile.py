@@ -124,6 +124,10 @@ class SimProfile(BaseModel):
     vae_encode: PixelScaledSeconds = Field(description="the I2V first frame (num_frames 1)")
     vae_decode: PixelScaledSeconds = Field(description="tiled decode of the whole video")
     mux: PixelScaledSeconds = Field(description="frames to mp4 bytes")
+    weight_swap_seconds: float = Field(
+        default_factory=lambda: estimated_weight_swap_seconds(), ge=0,
+        description="a gang serving several models puts another's transformer weights in place on every rank "
+                    "(pinned host memory -> GPU, all ranks at once)")
     gang: GangScaling = Field(default_factory=lambda: published_gang_scaling(),
                               description="gang efficiencies; a one-GPU measurement takes the published ones")
     notes: list[str] = Field(default_factory=list, description="where a figure comes from a stand-in")
@@ -162,6 +166,19 @@ def _mesh(gang_size: int) -> tuple[int, int]:
     """cfg_degree x ulysses_degree of a gang with true CFG (skyreels.parallel.mesh.MeshShape.plan's rule)."""
     cfg_degree = 2 if gang_size % 2 == 0 else 1
     return cfg_degree, gang_size // cfg_degree
+
+
+# One transformer's weights in bf16 (12.8 B parameters), each rank copies all of them: the gang shards none.
+TRANSFORMER_BYTES = 25.6e9
+# Pinned host -> GPU copies over PCIe Gen4 x16 reach ~25 GB/s of its 32 (CUDA's bandwidthTest on A100/A800 hosts);
+# on DGX-A100-like hosts two GPUs share each x16 uplink to the CPU, so a gang swapping at once gets about half.
+PCIE4_PINNED_GB_S = 25.0
+GPUS_PER_HOST_LINK = 2
+
+
+def estimated_weight_swap_seconds() -> float:
+    """25.6 GB at 12.5 GB/s: ~2 s (a GPU alone on its link: ~1 s). benchmarks/bench_weight_swap.py measures it."""
+    return TRANSFORMER_BYTES / (PCIE4_PINNED_GB_S * 1e9 / GPUS_PER_HOST_LINK)
 
 
 # What the published totals do not say, assumed for one A800 at the workload of record.

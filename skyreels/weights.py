@@ -1,0 +1,236 @@
+"""The host-side bank of a gang rank's transformers: every served model's weights in host memory (pinned when the
+device is a GPU), exactly one set in the device transformer, swapped in place when a job needs another model.
+
+In place: the module objects stay, so whatever hangs on them stays valid (the mesh's attention processors, the
+compiled block graphs, the step cache's hooks, PEFT's LoRA layers); only the tensors' contents change. A tensor
+whose shape differs between the models (the I2V input projection takes the image latents too) is replaced, with
+the config entries that describe it.
+
+Names are mapped around PEFT: a LoRA layer renames `to_q.weight` to `to_q.base_layer.weight` and adds its own
+`lora_*` tensors, which the bank leaves alone, so adapters stay loaded across swaps (they target the attention and
+MLP linears, which the T2V and I2V models share).
+
+Quantised (torchao) weights are tensor subclasses: the bank keeps them quantised on the host and copies their
+inner tensors (the int8/fp8 data and the scales), which keeps the device objects and needs no re-quantisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+from skyreels.request import Task
+
+logger = logging.getLogger(__name__)
+
+PEFT_WRAPPER = "base_layer"  # the module PEFT puts the original layer under
+PEFT_OWN = "lora_"  # PEFT's adapter modules and parameters: lora_A, lora_B, lora_magnitude_vector, ...
+
+
+class WeightBank(Protocol):
+    """Which served model's weights the rank's denoise stage holds, and the swap to another."""
+
+    @property
+    def active(self) -> Task | None:
+        """None while a swap is incomplete."""
+        ...
+
+    def activate(self, task: Task) -> float:
+        """Puts `task`'s weights in place; the seconds it took, 0.0 when they were already there."""
+        ...
+
+
+@dataclass(frozen=True)
+class HostWeights:
+    """One model's tensors in host memory, by name without PEFT's wrapping, and its config."""
+
+    tensors: dict[str, torch.Tensor]
+    config: dict[str, Any]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_nbytes(tensor) for tensor in self.tensors.values())
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where a tensor of the device transformer lives: `module._parameters[key]` or `module._buffers[key]`."""
+
+    module: nn.Module
+    key: str
+    is_parameter: bool
+    wrapped: bool  # inside a PEFT layer
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return (self.module._parameters if self.is_parameter else self.module._buffers)[self.key]
+
+
+class TransformerBank:
+    """The served transformers of one rank; `transformer` (the stage's, on the device) holds `active`'s weights."""
+
+    def __init__(self, transformer: nn.Module, active: Task, host: Mapping[Task, HostWeights]) -> None:
+        self.transformer = transformer
+        self._active: Task | None = active
+        self.host = dict(host)
+        self.tasks = tuple(self.host) or (active,)
+        expected = set(_slots(transformer))
+        for task, weights in self.host.items():
+            if set(weights.tensors) != expected:
+                raise ValueError(f"the {task.value} transformer's tensors differ from the {active.value} one's by "
+                                 f"name ({_differences(expected, set(weights.tensors))}); a gang swaps only models "
+                                 "of one architecture")
+
+    @classmethod
+    def load(cls, transformer: nn.Module, active: Task, others: Mapping[Task, nn.Module],
+             pin: bool | None = None) -> TransformerBank:
+        """A bank over `transformer` (holding `active`'s weights) and `others`' models, in host memory, in the form
+        the device transformer holds its weights (dtype, quantisation). With no other model nothing is copied.
+
+        pin: page-locked host copies for fast, asynchronous copies to the GPU; default: when the device is cuda.
+        """
+        if not others:
+            return cls(transformer, active, {})
+        if pin is None:
+            pin = _device(transformer).type == "cuda"
+        host = {active: _host_weights(transformer, pin, owned=False)}
+        host |= {task: _host_weights(model, pin, owned=True) for task, model in others.items()}
+        bank = cls(transformer, active, host)
+        logger.info("weight bank: %s in host memory (%.2f GB, pinned: %s), %s on %s",
+                    ", ".join(task.value for task in host), bank.host_bytes / 1e9, pin, active.value,
+                    _device(transformer))
+        return bank
+
+    @property
+    def active(self) -> Task | None:
+        return self._active
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(weights.nbytes for weights in self.host.values())
+
+    @torch.no_grad()
+    def activate(self, task: Task) -> float:
+        if task is self._active:
+            return 0.0
+        check_served(task, self.tasks)
+        start = time.perf_counter()
+        weights = self.host[task]
+        self._active = None  # until every tensor is in place: a swap cut short is redone, not trusted
+        device = _device(self.transformer)
+        slots = _slots(self.transformer)
+        if set(slots) != set(weights.tensors):
+            raise RuntimeError(f"the transformer's tensors changed since the bank was built "
+                               f"({_differences(set(slots), set(weights.tensors))})")
+        for name, slot in slots.items():
+            _put(slot, weights.tensors[name], name)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the copies are asynchronous from pinned memory
+        changed = {key: value for key, value in weights.config.items() if self.transformer.config.get(key) != value}
+        if changed:
+            self.transformer.register_to_config(**changed)
+        self._active = task
+        seconds = time.perf_counter() - start
+        logger.info("swapped the transformer's weights to %s in %.3f s (%.2f GB)", task.value, seconds,
+                    weights.nbytes / 1e9)
+        return seconds
+
+
+def check_served(task: Task, served: tuple[Task, ...]) -> None:
+    if task not in served:
+        raise ValueError(f"this gang serves {', '.join(t.value for t in served)}, not {task.value}")
+
+
+def _slots(transformer: nn.Module) -> dict[str, _Slot]:
+    """The transformer's own tensors by name without PEFT's wrapping; PEFT's adapter tensors left out."""
+    slots = {}
+    for module_name, module in transformer.named_modules():
+        parts = module_name.split(".") if module_name else []
+        if any(part.startswith(PEFT_OWN) for part in parts):
+            continue
+        owner = [part for part in parts if part != PEFT_WRAPPER]
+        for is_parameter, table in ((True, module._parameters), (False, module._buffers)):
+            for key, tensor in table.items():
+                if tensor is not None and not key.startswith(PEFT_OWN):
+                    slots[".".join([*owner, key])] = _Slot(module, key, is_parameter, PEFT_WRAPPER in parts)
+    return slots
+
+
+def _host_weights(model: nn.Module, pin: bool, owned: bool) -> HostWeights:
+    """owned: `model` is a host model made for the bank, whose unpinned tensors may be kept as they are."""
+    tensors = {name: _to_host(slot.tensor.detach(), pin, owned) for name, slot in _slots(model).items()}
+    config = {key: value for key, value in dict(model.config).items() if not key.startswith("_")}
+    return HostWeights(tensors, config)
+
+
+def _to_host(tensor: torch.Tensor, pin: bool, owned: bool) -> torch.Tensor:
+    if is_traceable_wrapper_subclass(tensor):  # a quantised weight: its inner tensors, kept quantised
+        names, meta = tensor.__tensor_flatten__()
+        inner = {name: _to_host(getattr(tensor, name), pin, owned) for name in names}
+        return type(tensor).__tensor_unflatten__(inner, meta, tensor.size(), tensor.stride())
+    if owned and not pin and tensor.device.type == "cpu":
+        return tensor
+    host = torch.empty_like(tensor, device="cpu", pin_memory=pin)
+    host.copy_(tensor)
+    return host
+
+
+def _put(slot: _Slot, host: torch.Tensor, name: str) -> None:
+    """Copies `host` into the slot's tensor, or replaces the tensor where the shapes differ."""
+    current = slot.tensor
+    if current.shape == host.shape:
+        _copy_into(current, host, name)
+        return
+    if slot.wrapped:
+        raise RuntimeError(f"{name} differs in shape between the served models and a LoRA adapter wraps it; "
+                           "an adapter for the input projection fits one model only")
+    replacement = host.to(current.device)
+    if slot.is_parameter:
+        slot.module._parameters[slot.key] = nn.Parameter(replacement, requires_grad=False)
+    else:
+        slot.module._buffers[slot.key] = replacement
+    _fit_layer(slot.module)
+
+
+def _copy_into(device_tensor: torch.Tensor, host: torch.Tensor, name: str) -> None:
+    if not is_traceable_wrapper_subclass(device_tensor):
+        device_tensor.copy_(host, non_blocking=True)
+        return
+    # copy_ on a quantised tensor can be a silent no-op (torchao's Int8Tensor): copy its inner tensors
+    names, meta = device_tensor.__tensor_flatten__()
+    if type(host) is not type(device_tensor) or host.__tensor_flatten__() != (names, meta):
+        raise RuntimeError(f"{name}: the host copy is not quantised as the device's ({type(host).__name__})")
+    for inner in names:
+        _copy_into(getattr(device_tensor, inner), getattr(host, inner), f"{name}.{inner}")
+
+
+def _fit_layer(module: nn.Module) -> None:
+    """A layer's size attributes after its weight was replaced by one of another shape."""
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        module.out_channels = module.weight.shape[0]
+        module.in_channels = module.weight.shape[1] * module.groups
+
+
+def _differences(expected: set[str], found: set[str], shown: int = 5) -> str:
+    missing, extra = sorted(expected - found)[:shown], sorted(found - expected)[:shown]
+    return f"missing {missing}, extra {extra}"
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    if is_traceable_wrapper_subclass(tensor):
+        return sum(_nbytes(getattr(tensor, name)) for name in tensor.__tensor_flatten__()[0])
+    return tensor.numel() * tensor.element_size()
+
