@@ -122,8 +122,18 @@ class Denoiser:
         self, task: Task, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None
     ) -> AsyncIterator[StepProgress | Denoised]:
         """Stream of StepProgress, ending with Denoised (or fewer steps and no Denoised when cancelled)."""
+        model_id = serve.get_multiplexed_model_id()
+        if model_id:
+            await self.holds(model_id)
         async for item in self._run(Denoise(task, conditioning, params, image)):
             yield item
+
+    @serve.multiplexed(max_num_models_per_replica=1)
+    async def holds(self, model_id: str) -> str:
+        """Tells Serve's router which model this gang's weights are (the last one asked for), so that a job goes
+        to a gang that holds its model when one is free. The ranks swap their weights themselves, when the
+        Denoise command for the other model runs: in command order, never under a running job."""
+        return model_id
 
     async def decode_to_storage(self, job_id: str, latents: torch.Tensor, fps: int) -> StoredVideo:
         """The VAE tiles shared over the gang's ranks; the video and its thumbnail written as the job's."""

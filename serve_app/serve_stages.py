@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from deployments.errors import GangUnavailable
 from serve_app.failures import StageTimeout
 from skyreels.artifacts import StoredVideo
+from skyreels.models import SERVED_MODEL_IDS
 from skyreels.progress import StepProgress
 from skyreels.recipe import Denoised
 from skyreels.request import GenerationRequest, Task
@@ -44,7 +45,9 @@ class ServeStages:
         """The gang's stream; waits out a gang that is being replaced (nothing ran on it yet)."""
         for attempt in range(GANG_RETRIES + 1):
             try:
-                async for event in self.denoiser.denoise.remote(task, conditioning, params, image):
+                # routed to a gang that holds the task's model, when one is free (Serve's model multiplexing)
+                gang = self.denoiser.options(multiplexed_model_id=SERVED_MODEL_IDS[task])
+                async for event in gang.denoise.remote(task, conditioning, params, image):
                     yield event
                 return
             except GangUnavailable:
