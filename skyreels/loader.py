@@ -54,8 +54,12 @@ class StageLoader(ABC):
         """On `device` when given (model-level offload keeps it in host memory), else the loader's."""
 
     @abstractmethod
+    def transformer_config(self) -> dict:
+        """The DiT's config (config.json's entries), read without loading its weights."""
+
     def attention_heads(self) -> int:
         """The DiT's heads, which the gang's Ulysses degree must divide."""
+        return self.transformer_config()["num_attention_heads"]
 
     @abstractmethod
     def weight_bank(self, stage: DenoiseStage, served: Mapping[Task, StageLoader]) -> WeightBank:
@@ -120,8 +124,8 @@ class WeightsLoader(TransformerLoader):
     def vae(self, device: str | None = None) -> VaeStage:
         return VaeStage.from_pretrained(self.paths.component("vae"), device=device or self.device, dtype=self.dtype)
 
-    def attention_heads(self) -> int:
-        return json.loads((self.paths.transformer / "config.json").read_text())["num_attention_heads"]
+    def transformer_config(self) -> dict:
+        return json.loads((self.paths.transformer / "config.json").read_text())
 
 
 @dataclass(frozen=True)
@@ -143,8 +147,8 @@ class RandomFullLoader(TransformerLoader):
     def vae(self, device: str | None = None) -> VaeStage:
         return VaeStage(random_full.random_vae(device or self.device, self.dtype))
 
-    def attention_heads(self) -> int:
-        return random_full.TRANSFORMER_CONFIG["num_attention_heads"]
+    def transformer_config(self) -> dict:
+        return random_full.transformer_config(self.task)
 
 
 @dataclass(frozen=True)
@@ -165,5 +169,5 @@ class SimLoader(StageLoader):
     def weight_bank(self, stage: SimDenoiseStage, served: Mapping[Task, StageLoader]) -> SimWeightBank:
         return SimWeightBank(stage, tuple(served), self.options)
 
-    def attention_heads(self) -> int:
-        return random_full.TRANSFORMER_CONFIG["num_attention_heads"]
+    def transformer_config(self) -> dict:
+        return random_full.transformer_config(self.task)
