@@ -18,7 +18,7 @@ from diffusers import HunyuanVideoTransformer3DModel
 from torch import nn
 
 from skyreels import random_full
-from skyreels.models import ModelPaths, ModelSettings, resolve_model
+from skyreels.models import ModelPaths, ModelSettings, resolve_model, transformer_config_path
 from skyreels.optimize.apply import prepare_weights
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.request import Task
@@ -125,7 +125,7 @@ class WeightsLoader(TransformerLoader):
         return VaeStage.from_pretrained(self.paths.component("vae"), device=device or self.device, dtype=self.dtype)
 
     def transformer_config(self) -> dict:
-        return json.loads((self.paths.transformer / "config.json").read_text())
+        return json.loads(transformer_config_path(self.source, self.task, self.settings).read_text())
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,14 @@ def resolve_model(source: str, task: Task | str, settings: ModelSettings | None 
     )
 
 
+def transformer_config_path(source: str, task: Task | str, settings: ModelSettings | None = None) -> Path:
+    """The transformer's config.json alone, for checks against the model (a Hub model's weights stay where they
+    are)."""
+    if source != TINY and source.count("/") == 1 and not Path(source).expanduser().exists():
+        return _download(source, ["config.json"]) / "config.json"
+    return resolve_model(source, task, settings).transformer / "config.json"
+
+
 def ensure_tiny_model(task: Task, cache_dir: Path) -> Path:
     """The tiny preset for `task`, generated on first use. Safe when several processes race."""
     from skyreels.tiny import TINY_FORMAT_VERSION, make_tiny_model
