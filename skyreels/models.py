@@ -78,7 +78,7 @@ def resolve_model(source: str, task: Task | str, settings: ModelSettings | None 
             "nor a transformer directory (config.json of a HunyuanVideoTransformer3DModel)"
         )
     if source.count("/") == 1 and not path.exists():
-        transformer = _download(source, _TRANSFORMER_FILES)
+        transformer = hub_snapshot(source, _TRANSFORMER_FILES)
         return ModelPaths(base=_resolve_base(settings.base_model), transformer=transformer)
     raise ModelNotAvailableError(
         f"unknown model source {source!r}: use 'tiny', a local directory, or a Hub id such as "
@@ -90,7 +90,7 @@ def transformer_config_path(source: str, task: Task | str, settings: ModelSettin
     """The transformer's config.json alone, for checks against the model (a Hub model's weights stay where they
     are)."""
     if source != TINY and source.count("/") == 1 and not Path(source).expanduser().exists():
-        return _download(source, ["config.json"]) / "config.json"
+        return hub_snapshot(source, ["config.json"]) / "config.json"
     return resolve_model(source, task, settings).transformer / "config.json"
 
 
@@ -131,11 +131,13 @@ def _resolve_base(base: str) -> Path:
     path = Path(base).expanduser()
     if path.is_dir():
         return _full_layout(path).base
-    return _download(base, _BASE_FILES)
+    return hub_snapshot(base, _BASE_FILES)
 
 
-def _download(repo_id: str, patterns: list[str]) -> Path:
-    """A Hub snapshot: from the local HF cache when there, else downloaded."""
+def hub_snapshot(repo_id: str, patterns: list[str],
+                 instead: str = "pass the local directory instead, or use the 'tiny' preset") -> Path:
+    """A Hub snapshot: from the local HF cache when there, else downloaded. `instead` ends the error: what to do
+    on an offline machine."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -149,6 +151,5 @@ def _download(repo_id: str, patterns: list[str]) -> Path:
         raise ModelNotAvailableError(
             f"could not download {repo_id!r} from the Hugging Face Hub ({type(error).__name__}: {error}). "
             "If this machine is offline, download it elsewhere with "
-            f"`huggingface-cli download {repo_id}` and pass the local directory instead, "
-            "or use the 'tiny' preset."
+            f"`huggingface-cli download {repo_id}` and {instead}."
         ) from error
