@@ -12,6 +12,7 @@ function classedElement(tag, className) {
 (function () {
   const API = "/v1";
   const modelCards = {}; // model id -> {task, defaults, limits}, from GET /v1/models (the server's registry)
+  let adapters = []; // the server's LoRA adapters, from GET /v1/loras: {id, models, rank, ...}
   const STANDARD_SIZES = [
     ["960x544", "landscape"],
     ["544x960", "portrait"],
@@ -47,6 +48,8 @@ function classedElement(tag, className) {
     guidance: $("guidance"),
     embedded: $("embedded-guidance"),
     fps: $("fps"),
+    loraField: $("lora-field"),
+    loraList: $("lora-list"),
     error: $("error"),
     submit: $("submit"),
     progress: $("progress"),
@@ -235,6 +238,53 @@ function classedElement(tag, className) {
     el.model.dataset.loaded = "true"; // the list is final: tests (and scripts) wait for this
   }
 
+  async function loadAdapters() {
+    try {
+      const body = await api(`${API}/loras`);
+      adapters = (body && Array.isArray(body.data) ? body.data : []).filter((a) => a.id && a.models.length);
+    } catch (e) {
+      console.warn("GET /v1/loras failed:", e);
+    }
+    renderAdapters();
+    el.loraList.dataset.loaded = "true";
+  }
+
+  /** One row per adapter that fits the chosen model: a checkbox and its scale; choices survive a re-render. */
+  function renderAdapters() {
+    const chosen = Object.fromEntries(chosenAdapters().map((a) => [a.name, a.scale]));
+    const usable = adapters.filter((a) => a.models.includes(el.model.value));
+    el.loraList.textContent = "";
+    for (const adapter of usable) {
+      const li = classedElement("li", "lora");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.id = `lora-${adapter.id}`;
+      box.value = adapter.id;
+      box.checked = adapter.id in chosen;
+      const label = document.createElement("label");
+      label.htmlFor = box.id;
+      label.textContent = adapter.id;
+      const scale = document.createElement("input");
+      scale.type = "number";
+      scale.step = "0.05";
+      scale.value = adapter.id in chosen ? chosen[adapter.id] : "1.0";
+      scale.className = "lora-scale";
+      scale.setAttribute("aria-label", `${adapter.id} scale`);
+      li.append(box, label, scale);
+      el.loraList.appendChild(li);
+    }
+    el.loraField.hidden = usable.length === 0;
+  }
+
+  function chosenAdapters() {
+    return Array.from(el.loraList.querySelectorAll("li.lora"))
+      .filter((li) => li.querySelector("input[type=checkbox]").checked)
+      .map((li) => ({
+        name: li.querySelector("input[type=checkbox]").value,
+        scale: Number(li.querySelector("input.lora-scale").value),
+      }));
+  }
+
   function isI2V() {
     const task = modelCards[el.model.value] && modelCards[el.model.value].task;
     return task ? task === "i2v" : /(^|-)i2v($|-)/.test(el.model.value);
@@ -246,6 +296,7 @@ function classedElement(tag, className) {
     el.image.required = i2v;
     if (!i2v) markInvalid(el.image, false);
     applyDefaults(modelCards[el.model.value]);
+    renderAdapters();
   }
 
   /** The model's recommended size, frames and steps, so that a plain Generate finishes in reasonable time. */
@@ -348,6 +399,9 @@ function classedElement(tag, className) {
     if (negative) params.negative_prompt = negative;
     const seed = intField(el.seed, "Seed", { optional: true });
     if (seed != null) params.seed = seed;
+    const loras = chosenAdapters();
+    if (loras.some((a) => !isFinite(a.scale))) problems.push("Each chosen LoRA needs a numeric scale.");
+    if (loras.length) params.loras = loras;
 
     let file = null;
     if (isI2V()) {
@@ -377,7 +431,7 @@ function classedElement(tag, className) {
     let options;
     if (form.file) {
       const fd = new FormData();
-      for (const [k, v] of Object.entries(form.params)) fd.append(k, String(v));
+      for (const [k, v] of Object.entries(form.params)) fd.append(k, typeof v === "object" ? JSON.stringify(v) : String(v));
       fd.append("input_reference", form.file, form.file.name || "image");
       options = { method: "POST", body: fd };
     } else {
@@ -779,7 +833,7 @@ function classedElement(tag, className) {
 
   onModelChange();
   onSizeChange();
-  loadModels();
+  loadModels().then(loadAdapters);
   loadGallery(true);
   setInterval(refreshRunningCards, 3000);
 
