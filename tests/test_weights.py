@@ -1,0 +1,163 @@
+"""The weight bank: one transformer swapped in place between the served models equals fresh stages of each."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import HunyuanVideoTransformer3DModel
+from peft import LoraConfig, inject_adapter_in_model
+from PIL import Image
+
+from skyreels.gang.rank import GangRank, RankSpec
+from skyreels.loader import StageLoader, stage_loader
+from skyreels.optimize import OptimizeConfig
+from skyreels.request import Task
+from skyreels.stages.conditioning import Conditioning, ImageCondition
+from skyreels.stages.denoise import DenoiseParams, DenoiseStage
+from skyreels.weights import TransformerBank
+
+PARAMS = DenoiseParams(num_frames=9, height=64, width=64, num_inference_steps=2, guidance_scale=6.0,
+                       embedded_guidance_scale=1.0, seed=3)
+SWAPS = (Task.T2V, Task.I2V, Task.T2V)
+
+Inputs = tuple[Conditioning, ImageCondition]
+Prepare = Callable[[DenoiseStage], None]
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_t2v_dir: Path, first_frame: Image.Image) -> Inputs:
+    loader = stage_loader(str(tiny_t2v_dir), Task.T2V)
+    image = loader.vae().encode_image(first_frame, PARAMS.height, PARAMS.width, PARAMS.seed)
+    return loader.text().encode("a cat walks on the grass", "blurry, low quality"), image
+
+
+def served(t2v_dir: Path, i2v_dir: Path, optimize: OptimizeConfig | None = None) -> dict[Task, StageLoader]:
+    return {Task.T2V: stage_loader(str(t2v_dir), Task.T2V, optimize=optimize),
+            Task.I2V: stage_loader(str(i2v_dir), Task.I2V, optimize=optimize)}
+
+
+def denoise(stage: DenoiseStage, task: Task, inputs: Inputs) -> torch.Tensor:
+    conditioning, image = inputs
+    return stage.denoise(conditioning, PARAMS, image if task is Task.I2V else None)
+
+
+def swapped_runs(loaders: dict[Task, StageLoader], inputs: Inputs, prepare: Prepare = lambda _: None
+                 ) -> tuple[list[torch.Tensor], list[float]]:
+    """T2V, I2V, T2V on one stage whose bank swaps the weights before each run."""
+    stage = loaders[Task.T2V].denoiser()
+    bank = loaders[Task.T2V].weight_bank(stage, loaders)
+    prepare(stage)
+    latents, seconds = [], []
+    for task in SWAPS:
+        seconds.append(bank.activate(task))
+        assert stage.takes_image == (task is Task.I2V)
+        latents.append(denoise(stage, task, inputs))
+    return latents, seconds
+
+
+def fresh_runs(loaders: dict[Task, StageLoader], inputs: Inputs, prepare: Prepare = lambda _: None
+               ) -> list[torch.Tensor]:
+    fresh = {}
+    for task, loader in loaders.items():
+        stage = loader.denoiser()
+        prepare(stage)
+        fresh[task] = denoise(stage, task, inputs)
+    return [fresh[task] for task in SWAPS]
+
+
+def test_swaps_equal_fresh_stages_and_report_seconds(tiny_t2v_dir: Path, tiny_i2v_dir: Path, inputs: Inputs) -> None:
+    loaders = served(tiny_t2v_dir, tiny_i2v_dir)
+    latents, seconds = swapped_runs(loaders, inputs)
+    for swapped, fresh in zip(latents, fresh_runs(loaders, inputs), strict=True):
+        assert torch.equal(swapped, fresh)
+    assert seconds[0] == 0.0 and seconds[1] > 0 and seconds[2] > 0
+
+
+def test_a_lora_adapter_stays_across_swaps(tiny_t2v_dir: Path, tiny_i2v_dir: Path, inputs: Inputs) -> None:
+    def inject(stage: DenoiseStage) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same adapter weights in every stage
+            inject_adapter_in_model(LoraConfig(r=2, lora_alpha=4, init_lora_weights=False,
+                                               target_modules=["to_q", "to_k", "to_v", "proj_mlp"]),
+                                    stage.transformer)
+        assert any(".base_layer." in name for name, _ in stage.transformer.named_parameters())
+
+    loaders = served(tiny_t2v_dir, tiny_i2v_dir)
+    latents, _ = swapped_runs(loaders, inputs, inject)
+    for swapped, fresh in zip(latents, fresh_runs(loaders, inputs, inject), strict=True):
+        assert torch.equal(swapped, fresh)
+    assert not torch.equal(latents[0], fresh_runs(loaders, inputs)[0])  # the adapter does change the video
+
+
+def test_quantised_weights_swap_quantised(tiny_t2v_dir: Path, tiny_i2v_dir: Path, inputs: Inputs) -> None:
+    """The host copies stay int8 (no re-quantisation per swap); the inner tensors are copied in place."""
+    loaders = served(tiny_t2v_dir, tiny_i2v_dir, OptimizeConfig(quant="int8"))
+    latents, _ = swapped_runs(loaders, inputs)
+    for swapped, fresh in zip(latents, fresh_runs(loaders, inputs), strict=True):
+        assert torch.equal(swapped, fresh)
+
+
+def test_compiled_blocks_stay_valid_across_swaps(tiny_t2v_dir: Path, tiny_i2v_dir: Path, inputs: Inputs,
+                                                 tmp_path: Path) -> None:
+    """Swapped T2V -> I2V -> T2V -> I2V -> T2V under regional compile equal fresh uncompiled stages. The blocks
+    see the same shapes for both models; only the patch embedding (which diffusers compiles as a repeated block
+    too) takes twice the channels for I2V: one recompile on the first I2V job, none after."""
+    from torch._dynamo.utils import counters
+
+    compiled = served(tiny_t2v_dir, tiny_i2v_dir, OptimizeConfig(compile=True, compile_cache_dir=tmp_path))
+    stage = compiled[Task.T2V].denoiser()
+    bank = compiled[Task.T2V].weight_bank(stage, compiled)
+    expected = dict(zip(SWAPS, fresh_runs(served(tiny_t2v_dir, tiny_i2v_dir), inputs), strict=False))
+    graphs = []
+    for task in SWAPS + SWAPS[1:]:
+        bank.activate(task)
+        assert torch.allclose(denoise(stage, task, inputs), expected[task], atol=1e-4)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[2:] == [graphs[2]] * 3
+
+
+def test_a_rank_holds_one_transformer_and_host_copies_of_each(tiny_t2v_dir: Path, tiny_i2v_dir: Path) -> None:
+    gc.collect()
+    before = _transformers_alive()
+    rank = GangRank(RankSpec(transformers={Task.T2V: str(tiny_t2v_dir), Task.I2V: str(tiny_i2v_dir)},
+                             device="cpu", dtype=torch.float32, world_size=1), rank=0)
+    gc.collect()
+    assert _transformers_alive() - before == 1
+    bank = rank.weights
+    assert isinstance(bank, TransformerBank) and bank.transformer is rank.denoiser.transformer
+    assert set(bank.host) == {Task.T2V, Task.I2V}
+    device_storage = {parameter.data_ptr() for parameter in rank.denoiser.transformer.parameters()}
+    for weights in bank.host.values():
+        assert all(tensor.device.type == "cpu" for tensor in weights.tensors.values())
+        assert not device_storage & {tensor.data_ptr() for tensor in weights.tensors.values()}
+    i2v_bytes = bank.host[Task.I2V].nbytes
+    assert bank.host_bytes == bank.host[Task.T2V].nbytes + i2v_bytes > i2v_bytes
+
+
+def test_one_served_model_keeps_no_host_copy_and_refuses_another(tiny_t2v_dir: Path) -> None:
+    loaders = {Task.T2V: stage_loader(str(tiny_t2v_dir), Task.T2V)}
+    bank = loaders[Task.T2V].weight_bank(loaders[Task.T2V].denoiser(), loaders)
+    assert bank.host_bytes == 0 and bank.activate(Task.T2V) == 0.0
+    with pytest.raises(ValueError, match="this gang serves t2v, not i2v"):
+        bank.activate(Task.I2V)
+
+
+def test_models_of_another_architecture_are_refused(tiny_t2v_dir: Path) -> None:
+    stage = stage_loader(str(tiny_t2v_dir), Task.T2V).denoiser()
+    other = HunyuanVideoTransformer3DModel(**{**stage.transformer.config, "num_layers": 2})
+    with pytest.raises(ValueError, match="one architecture"):
+        TransformerBank.load(stage.transformer, Task.T2V, {Task.I2V: other})
+
+
+def test_block_offload_with_several_models_is_refused(tiny_t2v_dir: Path, tiny_i2v_dir: Path) -> None:
+    with pytest.raises(ValueError, match="block_offload .* cannot swap models"):
+        RankSpec(transformers={Task.T2V: str(tiny_t2v_dir), Task.I2V: str(tiny_i2v_dir)}, device="cpu",
+                 dtype=torch.float32, world_size=1, optimize=OptimizeConfig(block_offload=True))
+
+
+def _transformers_alive() -> int:
+    return sum(type(thing) is HunyuanVideoTransformer3DModel for thing in gc.get_objects())
