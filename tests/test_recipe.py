@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ class RecordingStages:
     def __init__(self) -> None:
         self.calls: list[tuple] = []
         self.denoise_closed = False
+        self.weights_s = 0.0  # what a gang reports for putting the task's weights in place
 
     async def encode_text(self, prompt, negative_prompt):
         self.calls.append(("encode_text", prompt, negative_prompt))
@@ -33,7 +35,7 @@ class RecordingStages:
         try:
             for step in range(1, params.num_inference_steps + 1):
                 yield StepProgress(step, params.num_inference_steps)
-            yield Denoised(torch.zeros(1))
+            yield Denoised(torch.zeros(1), weights_s=self.weights_s)
         finally:
             self.denoise_closed = True
 
@@ -53,6 +55,15 @@ def test_t2v_order_cfg_progress_and_timings() -> None:
                                        Phase.DENOISING, Phase.DECODING]
     assert [p.percent for p in seen] == sorted(p.percent for p in seen)
     assert seen[-2] == Progress(Phase.DENOISING, 90, 3, 3)
+
+
+def test_a_weight_swap_is_its_own_timing_taken_out_of_the_denoise(monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks = iter(range(100))
+    monkeypatch.setattr("skyreels.timing.time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    stages = RecordingStages()
+    stages.weights_s = 0.25
+    generated = run_sync(generate(GenerationRequest(prompt="a kite", **SMALL), stages))
+    assert generated.timings == {"text_encode": 1.0, "weights": 0.25, "denoise": 0.75, "decode": 1.0}
 
 
 def test_without_cfg_no_negative_prompt_is_encoded() -> None:
