@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -15,6 +15,8 @@ import torch
 from skyreels.gang.local import LocalGang, LocalGangStages
 from skyreels.gang.rank import RankSpec
 from skyreels.loader import stage_loader
+from skyreels.lora.check import check_adapters
+from skyreels.lora.spec import LoraSpec
 from skyreels.models import ModelSettings
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.optimize.offload import on_device
@@ -45,6 +47,7 @@ class VideoGenerator(ABC):
         """`on_step` is called after every denoising step; raising GenerationCancelled in it stops the run."""
         if request.task is not self.task:
             raise ValueError(f"this pipeline runs {self.task.value}; the request is {request.task.value}")
+        self.check_adapters(request.loras)
         request = request.with_seed()
 
         def report(progress: Progress) -> None:
@@ -55,6 +58,10 @@ class VideoGenerator(ABC):
         logger.debug("generated seed %d in %s", request.seed, {k: round(v, 3) for k, v in generated.timings.items()})
         return GenerationResult(frames=generated.output, seed=request.seed, fps=request.fps,
                                 timings=generated.timings, latents=generated.latents)
+
+    @abstractmethod
+    def check_adapters(self, loras: Sequence[LoraSpec]) -> None:
+        """Refuses (AdapterError, with the reason) LoRA adapters that could not run, before anything runs."""
 
     def generate_videos(
         self, request: GenerationRequest, video_num: int, on_step: StepCallback | None = None
@@ -131,6 +138,9 @@ class LocalPipeline(VideoGenerator):
     def stages(self) -> InProcessStages:
         return InProcessStages(self)
 
+    def check_adapters(self, loras: Sequence[LoraSpec]) -> None:
+        self.denoise.check_adapters(loras)
+
 
 class InProcessStages:
     """The recipe's stages as plain calls on the pipeline's models."""
@@ -173,6 +183,12 @@ class GangPipeline(VideoGenerator):
 
     def stages(self) -> LocalGangStages:
         return LocalGangStages(self.gang)
+
+    def check_adapters(self, loras: Sequence[LoraSpec]) -> None:
+        spec = self.gang.spec
+        if loras:
+            config = stage_loader(spec.transformers[self.task], self.task, settings=spec.settings).transformer_config()
+            check_adapters(loras, config, spec.optimize, spec.settings)
 
     def close(self) -> None:
         self.gang.close()

@@ -9,6 +9,8 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from skyreels.lora.spec import MAX_LORAS, LoraSpec
+
 DEFAULT_NEGATIVE_PROMPT = (
     "Aerial view, aerial view, overexposed, low quality, deformation, a poor composition, "
     "bad hands, bad teeth, bad eyes, bad limbs, distortion"
@@ -46,6 +48,9 @@ class GenerationRequest(BaseModel):
     seed: int | None = Field(None, description=f"0..{MAX_SEED}; None or -1 picks one at random.")
     fps: int = Field(24, ge=1, le=60, description="Frame rate of the written video.")
     image: Image.Image | None = Field(None, description="First frame to animate; required for i2v only.")
+    loras: list[LoraSpec] = Field(default_factory=list, max_length=MAX_LORAS, description=(
+        f"LoRA adapters of the DiT for this video, up to {MAX_LORAS}: each a source (file, directory, URL or Hub id) "
+        "and a scale."))
 
     @field_validator("prompt")
     @classmethod
@@ -80,6 +85,14 @@ class GenerationRequest(BaseModel):
         if not 0 <= value <= MAX_SEED:
             raise ValueError(f"seed must be -1 (random) or between 0 and {MAX_SEED}, got {value}")
         return value
+
+    @field_validator("loras")
+    @classmethod
+    def _check_loras_differ(cls, loras: list[LoraSpec]) -> list[LoraSpec]:
+        sources = [lora.source for lora in loras]
+        if len(set(sources)) < len(sources):
+            raise ValueError(f"each LoRA once (one scale each), got the sources {sources}")
+        return loras
 
     @model_validator(mode="after")
     def _check_image_matches_task(self) -> GenerationRequest:

@@ -12,10 +12,16 @@ import logging
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
+from diffusers import (
+    AutoencoderKLHunyuanVideo,
+    FlowMatchEulerDiscreteScheduler,
+    HunyuanVideoPipeline,
+    HunyuanVideoTransformer3DModel,
+)
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, PreTrainedTokenizerFast
 
+from skyreels.lora.files import DIFFUSERS_WEIGHT_NAME
 from skyreels.request import Task
 from skyreels.stages.text import PROMPT_TEMPLATE
 
@@ -37,6 +43,9 @@ TRANSFORMER_CONFIG = dict(
     patch_size_t=1,
     mlp_ratio=2.0,
 )
+# The linears of the DiT's attention and of the single blocks' MLP input: what LoRAs of HunyuanVideo train.
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                "proj_mlp")
 LLAMA_HIDDEN = 16
 CLIP_HIDDEN = 8
 VOCAB_SIZE = 1024
@@ -118,15 +127,37 @@ def _write_components(path: Path, task: Task) -> None:
     FlowMatchEulerDiscreteScheduler(shift=FLOW_SHIFT).save_pretrained(path / "scheduler")
 
     # Last, so that every other component is the same for both tasks, as in the real model.
+    tiny_transformer(task).save_pretrained(path / "transformer")
+
+
+def tiny_transformer(task: Task, **changes) -> HunyuanVideoTransformer3DModel:
+    """The tiny DiT with random weights from torch's generator; `changes` override its config."""
     # SkyReels-V1-I2V concatenates the image latents on channels: twice the input channels.
     in_channels = LATENT_CHANNELS * (2 if task is Task.I2V else 1)
-    HunyuanVideoTransformer3DModel(
-        in_channels=in_channels,
-        out_channels=LATENT_CHANNELS,
-        text_embed_dim=LLAMA_HIDDEN,
-        pooled_projection_dim=CLIP_HIDDEN,
-        **TRANSFORMER_CONFIG,
-    ).save_pretrained(path / "transformer")
+    config = dict(TRANSFORMER_CONFIG, in_channels=in_channels, out_channels=LATENT_CHANNELS,
+                  text_embed_dim=LLAMA_HIDDEN, pooled_projection_dim=CLIP_HIDDEN)
+    return HunyuanVideoTransformer3DModel(**{**config, **changes})
+
+
+def make_tiny_lora(path: str | Path, task: Task | str = Task.T2V, rank: int = 4, seed: int = 0,
+                   targets: tuple[str, ...] = LORA_TARGETS) -> Path:
+    """A LoRA for the tiny preset's DiT, written as diffusers writes one; returns its file. Same seed, same bytes."""
+    return write_lora(tiny_transformer(Task(task)), path, rank, seed, targets)
+
+
+def write_lora(transformer: HunyuanVideoTransformer3DModel, path: str | Path, rank: int, seed: int,
+               targets: tuple[str, ...]) -> Path:
+    """A random LoRA of `rank` on the `targets` of `transformer`, made with PEFT: both matrices random (PEFT's
+    default B is zero, which would change nothing), so it visibly changes the video."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), init_lora_weights=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer.add_adapter(config)
+    HunyuanVideoPipeline.save_lora_weights(path, transformer_lora_layers=get_peft_model_state_dict(transformer),
+                                           transformer_lora_adapter_metadata=config.to_dict())
+    return Path(path) / DIFFUSERS_WEIGHT_NAME
 
 
 

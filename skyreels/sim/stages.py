@@ -8,7 +8,7 @@ weighs what it would; the frames are 64x64 whatever the size asked, so that the 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from cachetools import LRUCache
 from PIL import Image
 
+from skyreels.lora.spec import LoraSpec
 from skyreels.parallel.mesh import DeviceMesh, MeshShape
 from skyreels.progress import StepProgress
 from skyreels.random_full import LATENT_CHANNELS, RandomTextEncoderStage
@@ -75,6 +76,13 @@ class SimDenoiseStage:
 
     def distribute(self, mesh: DeviceMesh) -> None:
         self.mesh = mesh
+
+    # The sim's DiT has no weights to adapt: a request's LoRA adapters are taken and change nothing.
+    def check_adapters(self, loras: Sequence[LoraSpec]) -> None:
+        pass
+
+    def load_adapters(self, loras: Sequence[LoraSpec]) -> float:
+        return 0.0
 
     def steps(
         self, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None

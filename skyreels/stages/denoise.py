@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 
+from skyreels.lora.cache import DEFAULT_CAPACITY, AdapterCache
+from skyreels.lora.spec import LoraSpec
 from skyreels.optimize.apply import prepare_transformer
 from skyreels.optimize.cache import log_step_cache_use, share_step_cache_decisions
 from skyreels.optimize.config import OptimizeConfig
@@ -40,6 +42,7 @@ class DenoiseParams:
     guidance_scale: float  # true CFG; > 1 needs a negative prompt in the conditioning
     embedded_guidance_scale: float
     seed: int
+    loras: tuple[LoraSpec, ...] = ()  # on for this video only
 
     def __post_init__(self) -> None:
         if self.height % VAE_SPATIAL_COMPRESSION or self.width % VAE_SPATIAL_COMPRESSION:
@@ -60,6 +63,7 @@ class DenoiseParams:
             guidance_scale=request.guidance_scale,
             embedded_guidance_scale=request.embedded_guidance_scale,
             seed=request.seed,
+            loras=tuple(request.loras),
         )
 
     @property
@@ -72,7 +76,7 @@ class DenoiseParams:
 
 
 class DenoiseStage:
-    """Runs the DiT over the sampling schedule. Stateless between calls: safe to share."""
+    """Runs the DiT over the sampling schedule. Between calls it keeps only the LoRA adapters it loaded (off)."""
 
     def __init__(
         self,
@@ -81,8 +85,12 @@ class DenoiseStage:
         batch_cfg: bool = True,
         mesh: DeviceMesh | None = None,
         device: torch.device | str | None = None,
+        optimize: OptimizeConfig | None = None,
+        lora_capacity: int = DEFAULT_CAPACITY,
     ) -> None:
+        """`optimize`: what `prepared` applied to the transformer (LoRA adapters are refused under some of it)."""
         self.transformer = transformer.eval().requires_grad_(False)
+        self.adapters = AdapterCache(self.transformer, lora_capacity, optimize)
         # where the steps run: the transformer's device, unless its weights are offloaded to the host
         self._device = torch.device(device) if device is not None else None
         self.mesh: DeviceMesh | None = None
@@ -121,7 +129,7 @@ class DenoiseStage:
         optimize = optimize or OptimizeConfig()
         prepare_transformer(transformer, optimize, torch.device(device))
         execution_device = device if optimize.block_offload else None
-        return cls(transformer, scheduler, batch_cfg=batch_cfg, mesh=mesh, device=execution_device)
+        return cls(transformer, scheduler, batch_cfg=batch_cfg, mesh=mesh, device=execution_device, optimize=optimize)
 
     def distribute(self, mesh: DeviceMesh) -> None:
         """Run over `mesh` from now on: CFG branches split, video tokens sharded (Ulysses)."""
@@ -177,11 +185,27 @@ class DenoiseStage:
                 on_step(progress)
         return latents
 
-    @torch.inference_mode()
+    def check_adapters(self, loras: Sequence[LoraSpec]) -> None:
+        """Refuses (AdapterError, with the reason) LoRA adapters that could not run here, loading nothing."""
+        self.adapters.check(loras)
+
+    def load_adapters(self, loras: Sequence[LoraSpec]) -> float:
+        """Loads the LoRA adapters not loaded yet; returns the seconds spent (0.0 when all were)."""
+        return self.adapters.load(loras)
+
     def steps(
         self, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None
     ) -> Iterator[tuple[StepProgress, torch.Tensor]]:
-        """The sampling loop, one step per iteration: the caller may stop between any two steps."""
+        """The sampling loop, one step per iteration: the caller may stop between any two steps. The request's
+        LoRA adapters are on from the first step to the last, or until the caller stops."""
+        self.load_adapters(params.loras)
+        with self.adapters.applied(params.loras):
+            yield from self._steps(conditioning, params, image)
+
+    @torch.inference_mode()
+    def _steps(
+        self, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None
+    ) -> Iterator[tuple[StepProgress, torch.Tensor]]:
         if self.takes_image != (image is not None):
             raise ValueError(
                 "this transformer is an I2V model and needs an image" if self.takes_image
