@@ -3,6 +3,7 @@
     client = VideoClient("http://127.0.0.1:8000")
     job = client.submit(prompt="a cat walks on the grass", size="960x544")
     job = client.wait(job["id"], on_update=lambda j: print(j["progress"]))
+    # with LoRA adapters of the server's registry (client.loras()): loras=[{"name": "ink", "scale": 0.8}]
     open("cat.mp4", "wb").write(client.content(job["id"]))
 """
 
@@ -39,8 +40,11 @@ class JobFailed(RuntimeError):
 
 
 class VideoClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout_s: float = 30.0) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout_s)
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout_s: float = 30.0,
+                 api_key: str | None = None) -> None:
+        """`api_key`: sent as a Bearer token, for a server with API keys."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers)
 
     def close(self) -> None:
         self._http.close()
@@ -54,6 +58,10 @@ class VideoClient:
     def models(self) -> list[str]:
         return [model["id"] for model in self._call("GET", "/v1/models")["data"]]
 
+    def loras(self) -> list[dict[str, Any]]:
+        """The server's LoRA adapters (GET /v1/loras): submit names them in `loras=[{"name": ..., "scale": ...}]`."""
+        return self._call("GET", "/v1/loras")["data"]
+
     def submit(self, prompt: str, image: str | Path | bytes | None = None, **fields: Any) -> dict[str, Any]:
         """POST /v1/videos; with `image` (a path or bytes) the job is I2V, sent as multipart."""
         body = {"prompt": prompt, **fields}
@@ -63,7 +71,7 @@ class VideoClient:
         name = Path(image).name if not isinstance(image, bytes) else "image.png"
         data = image if isinstance(image, bytes) else Path(image).read_bytes()
         mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        form = {key: str(value) for key, value in body.items()}
+        form = {key: json.dumps(value) if isinstance(value, list | dict) else str(value) for key, value in body.items()}
         return self._call("POST", "/v1/videos", data=form, files={"input_reference": (name, data, mime)})
 
     def get(self, job_id: str) -> dict[str, Any]:
