@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve import Application
 
@@ -47,7 +47,16 @@ class AppConfig(StageConfig):
         description="Reserve a GPU for each DiT worker (default: when device is cuda). True on a CPU host with "
         "fake GPU resources exercises the GPU scheduling path.",
     )
-    database_path: str = Field("/tmp/skyreels-serve/jobs.sqlite3", description="SQLite file of the job records.")
+    database_path: str = Field(
+        "/tmp/skyreels-serve/jobs.sqlite3", description="SQLite file of the job records and queue, when "
+        "database_url is not set: for one ingress replica.")
+    database_url: str | None = Field(
+        None, description="PostgreSQL job store (postgresql://user:password@host:5432/db; needs the `postgres` "
+        "extra), shared by several ingress replicas: any replica accepts, lists and follows any job, and each "
+        "queued job is claimed by exactly one (FOR UPDATE SKIP LOCKED). Wins over database_path when set.")
+    ingress_replicas: int = Field(
+        1, ge=1, description="VideoIngress replicas (a Serve config's `deployments:` entry overrides it). More than "
+        "one needs database_url.")
     artifact_url: str = Field("/tmp/skyreels-serve/artifacts", description="fsspec URL where videos are written.")
     max_queued_jobs: int = Field(64, ge=1, description="Submits beyond this many waiting jobs get 429.")
     max_running_jobs: int = Field(4, ge=1, description="Jobs in flight across the stages at once.")
@@ -57,6 +66,21 @@ class AppConfig(StageConfig):
     job_deadline_s: float = Field(
         7200.0, gt=0, description="A job still running this long after its first start fails (deadline_exceeded) "
         "and frees its stages.")
+    model_group_delay_s: float = Field(
+        30.0, ge=0, description="The queue groups jobs by model so that the gangs swap transformers (T2V/I2V) "
+        "rarely: a job of a model the gangs hold (that of a running job, or of the job started last) goes before "
+        "older jobs of the other model, unless the oldest waiting job has waited longer than this. 0: strictly "
+        "oldest first. Re-runs of cut-off jobs always go first.")
+    job_lease_s: float = Field(
+        20.0, gt=0, description="A running job is leased to the ingress replica that runs it; a replica that stops "
+        "renewing (it died) loses its jobs this long after its last heartbeat, and another replica runs them again "
+        "(an interrupted attempt, counted in max_attempts).")
+    job_heartbeat_s: float = Field(
+        1.0, gt=0, description="How often a replica renews its leases; it also hears then of cancels asked through "
+        "other replicas. At most a third of job_lease_s.")
+    queue_poll_s: float = Field(
+        0.5, gt=0, description="How often an idle replica looks in the store for jobs that other replicas queued, "
+        "and how often a progress stream (SSE) of a job running on another replica reads its record.")
     stage_timeout_s: float = Field(
         900.0, gt=0, description="A text, image or decode call (queueing included) that takes longer is cut off "
         "and the job runs again.")
@@ -72,6 +96,16 @@ class AppConfig(StageConfig):
     uploads: UploadLimits = Field(default_factory=UploadLimits, description="What an input image may be.")
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Signed job notifications.")
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="When finished jobs expire.")
+
+    @model_validator(mode="after")
+    def _shared_store_for_replicas(self) -> AppConfig:
+        if self.ingress_replicas > 1 and self.database_url is None:
+            raise ValueError(f"ingress_replicas={self.ingress_replicas} needs database_url (PostgreSQL): on SQLite "
+                             "each replica would keep its own jobs")
+        if self.job_heartbeat_s * 3 > self.job_lease_s:
+            raise ValueError(f"job_heartbeat_s ({self.job_heartbeat_s}) must be at most a third of job_lease_s "
+                             f"({self.job_lease_s})")
+        return self
 
 
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
@@ -90,7 +124,8 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         max_ongoing_requests=2,
         health_check_period_s=2,
     )
-    ingress = serve.deployment(VideoIngress, name="VideoIngress", ray_actor_options={"num_cpus": 0.25},
+    ingress = serve.deployment(VideoIngress, name="VideoIngress", num_replicas=config.ingress_replicas,
+                               ray_actor_options={"num_cpus": 0.25},
                                max_ongoing_requests=1000, graceful_shutdown_timeout_s=config.shutdown_grace_s + 10)
     decode_on_gang = config.decode_on == "gang"
     return ingress.bind(
@@ -100,6 +135,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         vae.bind(stage_config, config.artifact_url),
         stage_config.served_models,
         config.database_path,
+        config.database_url,
         config.artifact_url,
         JobPolicy(**config.model_dump(include=set(JobPolicy.__dataclass_fields__))),
         decode_on_gang,

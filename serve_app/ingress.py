@@ -41,7 +41,7 @@ from serve_app.retention import RetentionConfig, sweep_forever
 from serve_app.runner import JobPolicy, JobRunner, QueueFull
 from serve_app.schemas import Job, VideoCreateParams
 from serve_app.service import MEDIA_TYPES, Variant, VideoService
-from serve_app.store import JobStore
+from serve_app.store import JobStore, open_store
 from serve_app.webhooks import WebhookConfig, WebhookSender
 from skyreels.artifacts import ArtifactStore
 from skyreels.models import ServedModel
@@ -80,6 +80,29 @@ def _replica_access() -> tuple[ApiKeys, AccessConfig]:
 
 
 app.add_middleware(RequestGate, access=_replica_access, proxy_echoes=True)
+
+
+class ReplicaHeader:
+    """Names the ingress replica that answered, in X-Ingress-Replica (which replica served a request, when several
+    do)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        name = serve.get_replica_context().servable_object.runner.runner_id.encode()
+
+        async def named(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-ingress-replica", name)]
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
+app.add_middleware(ReplicaHeader)
 
 
 def _owner(request: Request) -> str | None:
@@ -138,6 +161,15 @@ async def _answers(stage: Any) -> bool:
         return False
 
 
+def _check_replicas(store: JobStore, deployment: Any) -> None:
+    """Several ingress replicas need a store they can share (PostgreSQL): on SQLite each would keep its own jobs."""
+    autoscaling = deployment.autoscaling_config
+    most = autoscaling.max_replicas if autoscaling is not None else deployment.num_replicas
+    if most > 1 and not store.shared:
+        raise ValueError(f"VideoIngress may run {most} replicas, but its job store ({type(store).__name__}) serves "
+                         "one: set database_url (PostgreSQL) for several ingress replicas, or keep one replica")
+
+
 def _allowed_methods(request: Request) -> set[str]:
     return {method for route in app.routes if getattr(route, "methods", None)
             and route.matches(request.scope)[0] is not Match.NONE for method in route.methods}
@@ -153,6 +185,7 @@ class VideoIngress:
         vae: Any,
         served_models: list[ServedModel],
         database_path: str,
+        database_url: str | None,
         artifact_url: str,
         policy: JobPolicy,
         decode_on_gang: bool = False,
@@ -165,7 +198,9 @@ class VideoIngress:
         install_request_id_logging()
         self.served_models = served_models
         self.stages = {"text_encoder": text_encoder, "denoiser": denoiser, "vae": vae}
-        self.store = JobStore(database_path)
+        self.store = open_store(database_path, database_url)
+        replica = serve.get_replica_context()
+        _check_replicas(self.store, replica._deployment_config)
         self.artifacts = ArtifactStore(artifact_url)
         self.metrics = JobMetrics()
         self.access = ApiKeys.load(access), access
@@ -173,7 +208,8 @@ class VideoIngress:
         self.webhooks = WebhookSender(webhooks, lambda job_id, deliveries: self.store.update(
             job_id, webhook_deliveries=deliveries))
         self.runner = JobRunner(self.store, self.artifacts, text_encoder, denoiser, vae, policy, self.metrics,
-                                decode_on_gang=decode_on_gang, on_end=self._job_ended)
+                                decode_on_gang=decode_on_gang, on_end=self._job_ended,
+                                runner_id=f"{replica.deployment}#{replica.replica_tag}")
         self.shutdown_grace_s = shutdown_grace_s
         self.service = VideoService(self.store, self.artifacts, self.runner, served_models,
                                     SubmitLimits(access.max_jobs_in_flight, access.max_submits_per_minute),

@@ -1,18 +1,30 @@
 """JobRunner: the ingress's background worker that takes queued jobs through the generation recipe.
 
-Submitting only records the job and queues it; the runner's loops take jobs in order and run
-skyreels' recipe over the stages behind Serve handles (`ServeStages`). Several jobs are in flight
-at once, so the stages overlap: while the gang denoises one job, the text encoder serves the next
-and the decoder (the Vae stage, or the gang itself, by configuration) decodes the previous one.
-The runner owns the queue and the job records; the recipe owns the order, timings and progress.
+Submitting only records the job in the job store, where it waits; every ingress replica's runner claims queued
+jobs from the store (the store's queue decides the order and never gives one job to two runners) and runs
+skyreels' recipe over the stages behind Serve handles (`ServeStages`). Several jobs are in flight at once, so
+the stages overlap: while the gang denoises one job, the text encoder serves the next and the decoder (the Vae
+stage, or the gang itself, by configuration) decodes the previous one. The recipe owns the order, timings and
+progress.
+
+Across replicas: a claimed job is leased to its runner, which renews the lease every `job_heartbeat_s`. The
+heartbeat also brings the cancels that clients asked of other replicas, and the runs this runner lost (the job
+was taken over after its lease ran out: the run stops without writing). A runner that finds a job whose lease
+ran out (its replica died) ends that run as an interrupted one, and the job runs again as after a restart.
+Followers (SSE) of a job that another replica runs see its record as the store has it, polled every
+`queue_poll_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,7 +37,7 @@ from serve_app.metrics import JobMetrics
 from serve_app.requests import to_generation_request
 from serve_app.schemas import Attempt, ErrorCode, Job, JobError, JobStatus
 from serve_app.serve_stages import ServeStages
-from serve_app.store import JobStore
+from serve_app.store import JobChanged, JobStore
 from skyreels.artifacts import INPUT_IMAGE, ArtifactStore, LatentCheckpoint, StoredVideo
 from skyreels.recipe import Phase, Progress, generate
 from skyreels.request import GenerationRequest
@@ -41,6 +53,19 @@ class JobPolicy:
     max_attempts: int = 3  # runs of one job cut off by infrastructure before it fails (graceful hand-backs aside)
     job_deadline_s: float = 7200.0  # from the job's first start; then it fails and frees its stages
     stage_timeout_s: float = 900.0  # one text, image or decode call, queueing behind other jobs included
+    model_group_delay_s: float = 30.0  # the queue prefers jobs of the models the gangs hold, for this long at most
+    job_lease_s: float = 20.0  # a running job's lease: another replica re-runs it once this passes unrenewed
+    job_heartbeat_s: float = 1.0  # how often a runner renews its leases and hears of cancels (<= a third of the lease)
+    queue_poll_s: float = 0.5  # how often an idle runner looks for jobs others queued, and SSE for others' updates
+
+
+INTERRUPTED = JobError(code=ErrorCode.INTERRUPTED, message="the server stopped while this job ran")
+# a stop reason: another runner took the job over; this run ends without writing anything
+LOST = JobError(code=ErrorCode.INTERRUPTED, message="another ingress replica took this job over")
+
+
+def new_runner_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class QueueFull(Exception):
@@ -54,9 +79,17 @@ class JobEvents:
 
     def __init__(self) -> None:
         self._listeners: dict[str, set[asyncio.Queue[Job]]] = {}
+        self._last: dict[str, Job] = {}  # of each followed job: what its followers got last
+
+    def followed(self) -> set[str]:
+        return set(self._listeners)
 
     def publish(self, job: Job) -> None:
-        for queue in self._listeners.get(job.id, ()):
+        """Tells the job's followers, unless they have it already (a polled record that has not changed)."""
+        if job.id not in self._listeners or self._last.get(job.id) == job:
+            return
+        self._last[job.id] = job
+        for queue in self._listeners[job.id]:
             queue.put_nowait(job)
 
     @asynccontextmanager
@@ -69,11 +102,13 @@ class JobEvents:
             self._listeners[job_id].discard(queue)
             if not self._listeners[job_id]:
                 del self._listeners[job_id]
+                self._last.pop(job_id, None)
 
 
 class JobRunner:
-    """The queue and the job records; each run goes through the recipe, and a run cut off by infrastructure
-    goes back to the front of the queue, up to `policy.max_attempts` runs."""
+    """Runs jobs of the store's queue, at most `policy.max_running_jobs` at once; a run cut off by infrastructure
+    goes back to the queue, up to `policy.max_attempts` runs. `runner_id` names this runner in the store's leases
+    (one per ingress replica)."""
 
     def __init__(
         self,
@@ -86,6 +121,7 @@ class JobRunner:
         metrics: JobMetrics,
         decode_on_gang: bool = False,
         on_end: Callable[[Job], None] | None = None,
+        runner_id: str | None = None,
     ) -> None:
         self.store = store
         self.artifacts = artifacts
@@ -96,60 +132,59 @@ class JobRunner:
         self.policy = policy
         self.metrics = metrics
         self.on_end = on_end  # called with every job's final record (webhooks)
+        self.runner_id = runner_id or new_runner_id()
         self.events = JobEvents()
-        self._pending: list[str] = []
-        self._requests: dict[str, GenerationRequest] = {}  # the validated request of every job not finished
-        self._queued = asyncio.Event()  # set while _pending has jobs
+        self._queued = asyncio.Event()  # set when this replica queued a job: claim now, not at the next poll
         self._slots = asyncio.Semaphore(policy.max_running_jobs)
         self._running: dict[str, asyncio.Task] = {}
         self._stop_reasons: dict[str, JobError] = {}  # why a running job's task is being cancelled, if not a cancel
         self._dispatcher: asyncio.Task | None = None
+        self._loops: list[asyncio.Task] = []  # the lease keeper and the watcher of others' jobs
 
     async def start(self) -> None:
-        """Recover from the last process: what was running runs again, what was waiting still waits."""
-        for job in reversed(self.store.in_status(JobStatus.IN_PROGRESS)):  # each goes to the front: keep their order
-            self._requests[job.id] = await self._stored_request(job)
-            await self._end_attempt(job, JobError(code=ErrorCode.INTERRUPTED,
-                                                  message="the server stopped while this job ran"))
-        for job in self.store.in_status(JobStatus.QUEUED):
-            if job.id not in self._requests:
-                self._requests[job.id] = await self._stored_request(job)
-                self._pending.append(job.id)
+        """Recovers from the last process: what was running runs again (on a store only this runner uses, every
+        running job; on a shared one, those whose lease ran out), and starts taking jobs."""
+        await self._take_over(every_running=not self.store.shared)
         self._dispatcher = asyncio.create_task(self._dispatch())
-        self._queue_changed()
+        self._loops = [asyncio.create_task(self._keep_leases()), asyncio.create_task(self._watch())]
 
-    async def submit(self, job: Job, request: GenerationRequest, image_png: bytes | None) -> Job:
-        """Queues `job`, validated as `request` (its seed resolved); the image is kept for a restart."""
-        if len(self._pending) >= self.policy.max_queued_jobs:
+    async def submit(self, job: Job, image_png: bytes | None) -> Job:
+        """Queues `job` (validated at submit, its seed resolved); the image is kept for whichever replica runs it."""
+        queued = self.store.count(JobStatus.QUEUED)
+        if queued >= self.policy.max_queued_jobs:
             self.metrics.rejected.inc()
-            raise QueueFull(retry_after_s=self._retry_after())
+            raise QueueFull(retry_after_s=self._retry_after(queued))
         if image_png is not None:
             await asyncio.to_thread(self.artifacts.put, job.id, INPUT_IMAGE, image_png)
         self.store.add(job)
-        self._requests[job.id] = request
         self.metrics.submitted.labels(job.model).inc()
-        self._enqueue(job.id)
+        self.metrics.queue_depth.set(queued + 1)
+        self._queued.set()
         return job
 
-    def queue_position(self, job_id: str) -> int | None:
+    def queue_position(self, job: Job) -> int | None:
         """1 for the next job to start; None when the job is not waiting."""
-        return self._pending.index(job_id) + 1 if job_id in self._pending else None
+        if job.status is not JobStatus.QUEUED:
+            return None
+        return self.store.queue_position(job.id, self.policy.model_group_delay_s)
 
     async def cancel(self, job_id: str) -> Job:
-        """Stops a job: at once when queued, between two denoising steps when running."""
-        if job_id in self._pending:
-            self._pending.remove(job_id)
-            self._queue_changed()
-            return await self._end(job_id, JobStatus.CANCELLED)
+        """Stops a job: at once when queued, between two denoising steps when running (here, or on the replica
+        that runs it: that one hears of it at its next heartbeat)."""
         task = self._running.get(job_id)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            return self.store.get(job_id)
+        with contextlib.suppress(JobChanged):  # claimed (or ended) meanwhile
+            return await self._end(job_id, JobStatus.CANCELLED, when_status=JobStatus.QUEUED)
+        if self.store.request_cancel(job_id):
+            return await self._ended(job_id, self.policy.job_lease_s)
         return self.store.get(job_id)
 
     async def shutdown(self, grace_s: float) -> None:
         """A graceful stop: no job starts any more; running jobs may finish within `grace_s`, the others go
-        back to the queue (recorded, so that the next ingress process runs them first)."""
+        back to the queue (recorded, so that another replica or the next ingress process runs them first)."""
         if self._dispatcher is None:  # never started: nothing runs
             return
         self._dispatcher.cancel()
@@ -161,41 +196,96 @@ class JobRunner:
                 self._stop(job_id, JobError(code=ErrorCode.HANDED_BACK,
                                             message="the server shut down gracefully before this job finished"))
         await asyncio.gather(self._dispatcher, *(task for _, task in running), return_exceptions=True)
+        await self.stop()
 
     async def stop(self) -> None:
-        tasks = [task for task in (self._dispatcher, *self._running.values()) if task is not None]
+        """Stops at once, writing nothing more, as a killed process would: the leases of its running jobs run
+        out, and those jobs run again (on another replica, or after a restart)."""
+        for job_id in self._running:
+            self._stop(job_id, LOST)
+        tasks = [task for task in (self._dispatcher, *self._loops, *self._running.values()) if task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    def _enqueue(self, job_id: str, first: bool = False) -> None:
-        self._pending.insert(0, job_id) if first else self._pending.append(job_id)
-        self._queue_changed()
-
-    def _queue_changed(self) -> None:
-        self._queued.set() if self._pending else self._queued.clear()
-        self.metrics.queue_depth.set(len(self._pending))
 
     async def _dispatch(self) -> None:
         """Starts the next queued job whenever fewer than max_running_jobs run."""
         while True:
             await self._slots.acquire()
-            await self._queued.wait()
-            job_id = self._pending.pop(0)
-            self._queue_changed()
-            task = asyncio.create_task(self._run(job_id, self._requests[job_id]))
-            self._running[job_id] = task
+            while (job := self._claim()) is None:
+                with contextlib.suppress(asyncio.TimeoutError):  # others' jobs are seen by polling
+                    await asyncio.wait_for(self._queued.wait(), self.policy.queue_poll_s)
+            task = asyncio.create_task(self._run(job))
+            self._running[job.id] = task
             task.add_done_callback(lambda _: self._slots.release())
 
+    def _claim(self) -> Job | None:
+        self._queued.clear()
+        job = self.store.claim(self.runner_id, self.policy.job_lease_s, self.policy.model_group_delay_s)
+        self.metrics.queue_depth.set(self.store.count(JobStatus.QUEUED))
+        if job is not None:
+            self.events.publish(job)
+        return job
+
+    async def _keep_leases(self) -> None:
+        """The heartbeat: renews this runner's leases, acts on cancels asked elsewhere and on lost runs, and takes
+        over the runs of replicas that stopped."""
+        while True:
+            await asyncio.sleep(self.policy.job_heartbeat_s)
+            try:
+                leases = self.store.renew(self.runner_id, self.policy.job_lease_s, list(self._running))
+                for job_id, task in list(self._running.items()):
+                    if job_id in leases.lost:
+                        logger.warning("job %s: another replica took it over; this run stops", job_id)
+                        self._stop(job_id, LOST)
+                    elif job_id in leases.cancel and not task.cancelling():
+                        task.cancel()  # as a client's cancel here
+                await self._take_over()
+            except Exception:  # noqa: BLE001 - a store hiccup: the next heartbeat tries again, within the lease
+                logger.exception("heartbeat failed")
+
+    async def _take_over(self, every_running: bool = False) -> None:
+        """Ends the runs whose lease ran out (or, with `every_running`, every run: the store's only runner
+        restarted): each runs again, or ends cancelled if a client asked for that meanwhile."""
+        for taken in self.store.take_expired(self.runner_id, self.policy.job_lease_s, every_running):
+            if taken.job.id in self._running:  # this runner's own, late with its heartbeat: renewed, runs on
+                continue
+            if taken.cancel_requested:
+                await self._end(taken.job.id, JobStatus.CANCELLED, when_held_by=self.runner_id)
+            else:
+                await self._end_attempt(taken.job, INTERRUPTED)
+
+    async def _watch(self) -> None:
+        """Followers of jobs that run elsewhere (or wait) get their records as the store has them."""
+        while True:
+            await asyncio.sleep(self.policy.queue_poll_s)
+            try:
+                for job in self.store.get_many(self.events.followed() - self._running.keys()):
+                    self.events.publish(job)
+            except Exception:  # noqa: BLE001 - a store hiccup: the next poll tries again
+                logger.exception("polling followed jobs failed")
+
+    async def _ended(self, job_id: str, timeout_s: float) -> Job:
+        """The job once it has ended, or as it is after `timeout_s`."""
+        async with self.events.follow(job_id) as updates:
+            job = self.store.get(job_id)
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    while job is not None and not job.status.is_terminal:
+                        job = await updates.get()
+        return job
+
     def _stop(self, job_id: str, reason: JobError) -> None:
-        """Cancels a running job's task for `reason` (a deadline, a hand-back) rather than a client's cancel."""
+        """Cancels a running job's task for `reason` (a deadline, a hand-back, a lost lease) rather than a
+        client's cancel."""
         task = self._running.get(job_id)
         if task is not None and not task.done():
             self._stop_reasons[job_id] = reason
             task.cancel()
 
-    async def _run(self, job_id: str, request: GenerationRequest) -> None:
-        job = self._start_attempt(self.store.get(job_id))
+    async def _run(self, job: Job) -> None:
+        """One run of a claimed job (its attempt already started by the claim)."""
+        job_id = job.id
         metrics: dict[str, float] = {"queued": job.attempts[-1].started_at - job.created_at}
         stages = ServeStages(job_id, self.text_encoder, self.denoiser, self.vae, self.decoder,
                              self.policy.stage_timeout_s)
@@ -204,20 +294,25 @@ class JobRunner:
         deadline = asyncio.get_running_loop().call_later(max(remaining_s, 0.0), self._stop, job_id, JobError(
             code=ErrorCode.DEADLINE_EXCEEDED, message=f"the job ran longer than its {self.policy.job_deadline_s:.0f} s "
                                                       "deadline"))
+        held = {"when_held_by": self.runner_id}
         try:
+            request = await self._stored_request(job)
             generated = await generate(request, stages, lambda progress: self._progress(job_id, progress), checkpoint)
             stored: StoredVideo = generated.output
             metrics.update(generated.timings, vae_decode=stored.decode_seconds, mux=stored.mux_seconds)
-            await self._end(job_id, JobStatus.COMPLETED, metrics=metrics, resumed_from_checkpoint=generated.resumed)
+            await self._end(job_id, JobStatus.COMPLETED, metrics=metrics, resumed_from_checkpoint=generated.resumed,
+                            **held)
         except asyncio.CancelledError:
             reason = self._stop_reasons.pop(job_id, None)
             if reason is None:
-                await self._end(job_id, JobStatus.CANCELLED, metrics=metrics)
+                await self._end(job_id, JobStatus.CANCELLED, metrics=metrics, **held)
             elif reason.code is ErrorCode.HANDED_BACK:
-                await self._end_attempt(self.store.get(job_id), reason, queue=False)  # the next process runs it
-            else:
-                await self._end(job_id, JobStatus.FAILED, reason, metrics=metrics)
+                await self._end_attempt(self.store.get(job_id), reason)
+            elif reason is not LOST:
+                await self._end(job_id, JobStatus.FAILED, reason, metrics=metrics, **held)
             raise
+        except JobChanged:
+            logger.warning("job %s: another replica took it over; this run stops", job_id)
         except Exception as error:  # noqa: BLE001 - every failure must end the run, with its reason
             logger.warning("job %s: run %d failed: %s", job_id, len(job.attempts), error, exc_info=True)
             await self._end_attempt(self.store.get(job_id), job_error(error), metrics=metrics)
@@ -226,16 +321,9 @@ class JobRunner:
             if self._running.get(job_id) is asyncio.current_task():  # a re-run may already have its own task
                 del self._running[job_id]
 
-    def _start_attempt(self, job: Job) -> Job:
-        now = time.time()
-        attempt = Attempt(number=len(job.attempts) + 1, started_at=now)
-        return self._update(job.id, status=JobStatus.IN_PROGRESS, started_at=job.started_at or now,
-                            attempts=[*job.attempts, attempt])
-
-    async def _end_attempt(self, job: Job, cause: JobError, metrics: dict[str, float] | None = None,
-                           queue: bool = True) -> None:
-        """Records why the job's last run ended; runs it again when infrastructure cut it off and attempts
-        remain (queued again, at the front unless `queue` is off), else ends it."""
+    async def _end_attempt(self, job: Job, cause: JobError, metrics: dict[str, float] | None = None) -> None:
+        """Records why the job's last run (held by this runner) ended; queues it again when infrastructure cut it
+        off and attempts remain (re-runs go first), else ends it."""
         now = time.time()
         last = job.attempts[-1] if job.attempts else Attempt(number=1, started_at=job.started_at or now)
         attempts = [*job.attempts[:-1], last.model_copy(update={"ended_at": now, "error": cause})]
@@ -245,22 +333,21 @@ class JobRunner:
                            self.policy.max_attempts)
             self.metrics.reruns.labels(cause.code.value).inc()
             self._update(job.id, status=JobStatus.QUEUED, phase=Phase.QUEUED, progress=0, current_step=0,
-                         attempts=attempts)
-            if queue:
-                self._enqueue(job.id, first=True)  # accepted long ago: it goes before newer jobs
+                         attempts=attempts, when_held_by=self.runner_id)
+            self._queued.set()
             return
         if cause.code.is_infrastructure:
             cause = cause.model_copy(update={"message": f"{cause.message} (run {counted} of {self.policy.max_attempts}"
                                                         "; each run's cause is in `attempts`)"})
-        self._update(job.id, attempts=attempts)
-        await self._end(job.id, JobStatus.FAILED, cause, metrics=metrics)
+        self._update(job.id, attempts=attempts, when_held_by=self.runner_id)
+        await self._end(job.id, JobStatus.FAILED, cause, metrics=metrics, when_held_by=self.runner_id)
 
     def _progress(self, job_id: str, progress: Progress) -> None:
         self._update(job_id, phase=progress.phase, progress=progress.percent, current_step=progress.step,
-                     total_steps=progress.total_steps)
+                     total_steps=progress.total_steps, when_held_by=self.runner_id)
 
     async def _stored_request(self, job: Job) -> GenerationRequest:
-        """The request of a job recorded by an earlier process, its image read back from the artifacts."""
+        """The job's request as recorded at submit, its image read back from the artifacts."""
         image = None
         if job.has_input_reference:
             png = await asyncio.to_thread(self.artifacts.get, job.id, INPUT_IMAGE)
@@ -273,9 +360,10 @@ class JobRunner:
         return job
 
     async def _end(self, job_id: str, status: JobStatus, error: JobError | None = None,
-                   metrics: dict[str, float] | None = None, **changes: Any) -> Job:
-        """The job's final record (its open run closed); its latent checkpoint goes."""
-        await asyncio.to_thread(LatentCheckpoint(self.artifacts, job_id).discard)
+                   metrics: dict[str, float] | None = None, when_status: JobStatus | None = None,
+                   when_held_by: str | None = None, **changes: Any) -> Job:
+        """The job's final record (its open run closed; written only if the guards hold, see JobStore.update),
+        then its latent checkpoint goes, then followers and `on_end` hear of it."""
         now = time.time()
         job = self.store.get(job_id)
         if job.attempts and job.attempts[-1].ended_at is None:
@@ -285,8 +373,9 @@ class JobRunner:
             changes.update(progress=100, phase=Phase.DONE)
         if metrics is not None:
             changes["metrics"] = metrics
-        job = self._update(job_id, **changes)
-        self._requests.pop(job_id, None)
+        job = self.store.update(job_id, when_status=when_status, when_held_by=when_held_by, **changes)
+        await asyncio.to_thread(LatentCheckpoint(self.artifacts, job_id).discard)
+        self.events.publish(job)
         self.metrics.finished.labels(status.value).inc()
         if status is JobStatus.COMPLETED and job.started_at is not None:
             self.metrics.duration.observe(job.completed_at - job.started_at)
@@ -294,8 +383,8 @@ class JobRunner:
             self.on_end(job)
         return job
 
-    def _retry_after(self) -> int:
+    def _retry_after(self, queued: int) -> int:
         durations = [j.completed_at - j.started_at for j in self.store.in_status(JobStatus.COMPLETED)[-10:]
                      if j.started_at is not None and j.completed_at is not None]
         average = sum(durations) / len(durations) if durations else 30.0
-        return max(1, round(average * len(self._pending) / self.policy.max_running_jobs))
+        return max(1, round(average * queued / self.policy.max_running_jobs))

@@ -44,7 +44,7 @@ class VideoService:
     def view(self, job: Job) -> Video:
         """The job as clients see it: with its live queue position and time left."""
         self.eta.learn(job)
-        return Video.model_validate({**job.model_dump(), "queue_position": self.runner.queue_position(job.id),
+        return Video.model_validate({**job.model_dump(), "queue_position": self.runner.queue_position(job),
                                      "eta_seconds": self.eta.estimate(job, time.time()),
                                      "expires_at": expires_at(job, self.ttl_s)})
 
@@ -62,11 +62,11 @@ class VideoService:
         if owner is not None:
             self.limits.admit(owner, self.store.count_owned(owner, JobStatus.QUEUED, JobStatus.IN_PROGRESS))
         webhook_url = await self.webhooks.check(params.webhook_url)
-        job, request = new_job(params, image, self.served_models, owner=owner, webhook_url=webhook_url, **lineage)
+        job, _ = new_job(params, image, self.served_models, owner=owner, webhook_url=webhook_url, **lineage)
         if prefix_video is not None:
             await asyncio.to_thread(self.artifacts.put, job.id, PREFIX_VIDEO, prefix_video)
         try:
-            job = await self.runner.submit(job, request, to_png(image) if image is not None else None)
+            job = await self.runner.submit(job, to_png(image) if image is not None else None)
         except BaseException:
             await asyncio.to_thread(self.artifacts.delete, job.id)
             raise

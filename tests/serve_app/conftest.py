@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from postgres_server import PostgresServer, find_binaries, running_server
 from serve_app.launch import wait_ready
 from skyreels.parallel.group import free_port
 
@@ -69,3 +70,20 @@ def serve_app(ray_local: int, tmp_path_factory: pytest.TempPathFactory) -> Runni
 @pytest.fixture(scope="session")
 def serve_base_url(serve_app: RunningApp) -> str:
     return serve_app.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (Debian's `postgresql` package)."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[dev]'")
+    bin_dir = find_binaries()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed: no /usr/lib/postgresql/*/bin/initdb (apt-get install postgresql)")
+    with running_server(bin_dir, tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh database on the session's server."""
+    return postgres_server.new_database()

@@ -62,7 +62,7 @@ def test_a_graceful_stop_hands_running_jobs_back_and_the_next_deploy_runs_them(r
     from ray import serve
 
     from conftest import deploy
-    from serve_app.store import JobStore
+    from serve_app.store import SqliteJobStore
 
     root = tmp_path_factory.mktemp("graceful")
     settings = dict(gpus_per_replica=2, shutdown_grace_s=0)  # no grace: every running job goes back
@@ -74,7 +74,7 @@ def test_a_graceful_stop_hands_running_jobs_back_and_the_next_deploy_runs_them(r
             assert time.monotonic() < deadline
             time.sleep(0.05)
     serve.delete(app.name)  # Serve's graceful stop: the ingress's __del__ runs
-    with JobStore(app.database_path) as store:
+    with SqliteJobStore(app.database_path) as store:
         handed_back = store.get(job["id"])
     assert handed_back.status.value == "queued"
     assert handed_back.attempts[-1].error.code.value == "handed_back"

@@ -12,7 +12,7 @@ from serve_app.idempotency import fingerprint, once
 from serve_app.requests import ApiError
 from serve_app.retention import expires_at, sweep
 from serve_app.schemas import Job, JobStatus
-from serve_app.store import JobStore
+from serve_app.store import JobStore, SqliteJobStore
 from skyreels.artifacts import VIDEO, ArtifactStore
 
 FIELDS = dict(model="m", prompt="p", negative_prompt="", size="64x64", num_frames=9, num_inference_steps=1,
@@ -22,7 +22,7 @@ TTL_S = 3600.0
 
 @pytest.fixture
 def store(tmp_path) -> JobStore:
-    with JobStore(tmp_path / "jobs.sqlite3") as store:
+    with SqliteJobStore(tmp_path / "jobs.sqlite3") as store:
         yield store
 
 

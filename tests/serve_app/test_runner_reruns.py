@@ -4,94 +4,20 @@ deadlines, stage timeouts, restart recovery and graceful hand-back, on a real SQ
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-import torch
 from ray.exceptions import ActorDiedError
+from stand_in_stages import Stages, finished, inside, submit
 
 from deployments.errors import GangWorkerDied
 from serve_app.metrics import JobMetrics
-from serve_app.requests import new_job
 from serve_app.runner import JobPolicy, JobRunner
-from serve_app.schemas import ErrorCode, Job, JobStatus, VideoCreateParams
-from serve_app.store import JobStore
-from skyreels.artifacts import LATENTS, VIDEO, ArtifactStore, StoredVideo
-from skyreels.models import SERVED_MODEL_IDS, ServedModel
-from skyreels.progress import StepProgress
-from skyreels.recipe import Denoised
-from skyreels.request import Task
+from serve_app.schemas import ErrorCode, Job, JobStatus
+from serve_app.store import SqliteJobStore
+from skyreels.artifacts import LATENTS, VIDEO, ArtifactStore
 
-SERVED = [ServedModel(SERVED_MODEL_IDS[Task.T2V], Task.T2V, "tiny")]
 FAST = dict(max_queued_jobs=8, max_running_jobs=2, max_attempts=3, job_deadline_s=30.0, stage_timeout_s=10.0)
-
-
-class Method:
-    def __init__(self, function: Callable) -> None:
-        self.function = function
-
-    def remote(self, *args):
-        return self.function(*args)
-
-
-class Handle:
-    """Stands in for a Serve DeploymentHandle: `handle.method.remote(...)`."""
-
-    def __init__(self, **methods: Callable) -> None:
-        for name, function in methods.items():
-            setattr(self, name, Method(function))
-
-    def options(self, **_) -> Handle:
-        return self
-
-
-class Stages:
-    """Stand-in stages that count their calls and fail or hang on demand."""
-
-    def __init__(self, artifacts: ArtifactStore, steps: int = 3) -> None:
-        self.artifacts, self.steps = artifacts, steps
-        self.calls = {"encode": 0, "denoise": 0, "decode": 0}
-        self.faults: dict[str, list[BaseException | None]] = {"encode": [], "denoise": [], "decode": []}
-        self.hang: dict[str, asyncio.Event] = {}
-        self.denoise_closed = 0
-        self.entered = defaultdict(asyncio.Event)
-
-    async def _enter(self, stage: str) -> None:
-        self.calls[stage] += 1
-        self.entered[stage].set()
-        if stage in self.hang:
-            await self.hang[stage].wait()
-        if self.faults[stage] and (fault := self.faults[stage].pop(0)) is not None:
-            raise fault
-
-    async def encode(self, prompt, negative):
-        await self._enter("encode")
-        return "conditioning"
-
-    async def denoise(self, task, conditioning, params, image) -> AsyncIterator:
-        try:
-            await self._enter("denoise")
-            for step in range(1, params.num_inference_steps + 1):
-                yield StepProgress(step, params.num_inference_steps)
-            yield Denoised(torch.full((1, 4, 3, 8, 8), 0.5))
-        finally:
-            self.denoise_closed += 1
-
-    async def decode_to_storage(self, job_id, latents, fps):
-        await self._enter("decode")
-        self.artifacts.put(job_id, VIDEO, b"mp4")
-        return StoredVideo(decode_seconds=0.01, mux_seconds=0.01)
-
-    async def ready(self):
-        return True
-
-    def handles(self) -> tuple[Handle, Handle, Handle]:
-        text = Handle(encode=self.encode, ready=self.ready)
-        denoiser = Handle(denoise=self.denoise, ready=self.ready)
-        vae = Handle(decode_to_storage=self.decode_to_storage, ready=self.ready)
-        return text, denoiser, vae
 
 
 @pytest.fixture
@@ -101,27 +27,7 @@ def place(tmp_path: Path) -> tuple[Path, ArtifactStore]:
 
 def runner_on(place, stages: Stages, **policy) -> JobRunner:
     database, artifacts = place
-    return JobRunner(JobStore(database), artifacts, *stages.handles(), JobPolicy(**(FAST | policy)), JobMetrics())
-
-
-async def submit(runner: JobRunner, prompt: str = "a kite") -> Job:
-    params = VideoCreateParams(prompt=prompt, size="64x64", num_frames=9, num_inference_steps=3, seed=5)
-    job, request = new_job(params, None, SERVED)
-    return await runner.submit(job, request, None)
-
-
-async def finished(runner: JobRunner, job_id: str, timeout_s: float = 20) -> Job:
-    async with runner.events.follow(job_id) as updates:
-        job = runner.store.get(job_id)
-        async with asyncio.timeout(timeout_s):
-            while not job.status.is_terminal:
-                job = await updates.get()
-    return job
-
-
-async def inside(stages: Stages, stage: str) -> None:
-    """Waits until a run has entered `stage`."""
-    await asyncio.wait_for(stages.entered[stage].wait(), 20)
+    return JobRunner(SqliteJobStore(database), artifacts, *stages.handles(), JobPolicy(**(FAST | policy)), JobMetrics())
 
 
 def run_one_job(place, faults: dict[str, list] | None = None, hang: tuple[str, ...] = (),
@@ -205,7 +111,7 @@ def test_a_restart_runs_the_interrupted_job_again_and_keeps_the_queue(place) -> 
         await dying.start()
         running, waiting = await submit(dying, "runs"), await submit(dying, "waits")
         await inside(first, "denoise")
-        # the process dies: nothing more of it runs or writes (its run hangs on), its records stay as they are
+        await dying.stop()  # the process dies: nothing more of it runs or writes, its records stay as they are
         second = Stages(place[1])
         restarted = runner_on(place, second)
         await restarted.start()

@@ -1,0 +1,112 @@
+"""Stand-ins for the stage handles a JobRunner calls (no Ray): they count their calls, and fail, hang or wait
+for the test as told; and helpers to submit and follow jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable
+
+import torch
+
+from serve_app.requests import new_job
+from serve_app.runner import JobRunner
+from serve_app.schemas import Job, VideoCreateParams
+from skyreels.artifacts import VIDEO, ArtifactStore, StoredVideo
+from skyreels.models import SERVED_MODEL_IDS, ServedModel
+from skyreels.progress import StepProgress
+from skyreels.recipe import Denoised
+from skyreels.request import Task
+
+SERVED = [ServedModel(SERVED_MODEL_IDS[Task.T2V], Task.T2V, "tiny")]
+
+
+class Method:
+    def __init__(self, function: Callable) -> None:
+        self.function = function
+
+    def remote(self, *args):
+        return self.function(*args)
+
+
+class Handle:
+    """Stands in for a Serve DeploymentHandle: `handle.method.remote(...)`."""
+
+    def __init__(self, **methods: Callable) -> None:
+        for name, function in methods.items():
+            setattr(self, name, Method(function))
+
+    def options(self, **_) -> Handle:
+        return self
+
+
+class Stages:
+    """Stand-in stages that count their calls and fail or hang on demand."""
+
+    def __init__(self, artifacts: ArtifactStore, steps: int = 3) -> None:
+        self.artifacts, self.steps = artifacts, steps
+        self.calls = {"encode": 0, "denoise": 0, "decode": 0}
+        self.decoded: Counter[str] = Counter()  # completed decodes per job id
+        self.step_permits: asyncio.Queue[None] | None = None  # if set: each denoising step waits for a permit
+        self.faults: dict[str, list[BaseException | None]] = {"encode": [], "denoise": [], "decode": []}
+        self.hang: dict[str, asyncio.Event] = {}
+        self.denoise_closed = 0
+        self.entered = defaultdict(asyncio.Event)
+
+    async def _enter(self, stage: str) -> None:
+        self.calls[stage] += 1
+        self.entered[stage].set()
+        if stage in self.hang:
+            await self.hang[stage].wait()
+        if self.faults[stage] and (fault := self.faults[stage].pop(0)) is not None:
+            raise fault
+
+    async def encode(self, prompt, negative):
+        await self._enter("encode")
+        return "conditioning"
+
+    async def denoise(self, task, conditioning, params, image) -> AsyncIterator:
+        try:
+            await self._enter("denoise")
+            for step in range(1, params.num_inference_steps + 1):
+                if self.step_permits is not None:
+                    await self.step_permits.get()
+                yield StepProgress(step, params.num_inference_steps)
+            yield Denoised(torch.full((1, 4, 3, 8, 8), 0.5))
+        finally:
+            self.denoise_closed += 1
+
+    async def decode_to_storage(self, job_id, latents, fps):
+        await self._enter("decode")
+        self.artifacts.put(job_id, VIDEO, b"mp4")
+        self.decoded[job_id] += 1
+        return StoredVideo(decode_seconds=0.01, mux_seconds=0.01)
+
+    async def ready(self):
+        return True
+
+    def handles(self) -> tuple[Handle, Handle, Handle]:
+        text = Handle(encode=self.encode, ready=self.ready)
+        denoiser = Handle(denoise=self.denoise, ready=self.ready)
+        vae = Handle(decode_to_storage=self.decode_to_storage, ready=self.ready)
+        return text, denoiser, vae
+
+
+async def submit(runner: JobRunner, prompt: str = "a kite") -> Job:
+    params = VideoCreateParams(prompt=prompt, size="64x64", num_frames=9, num_inference_steps=3, seed=5)
+    job, _ = new_job(params, None, SERVED)
+    return await runner.submit(job, None)
+
+
+async def finished(runner: JobRunner, job_id: str, timeout_s: float = 20) -> Job:
+    async with runner.events.follow(job_id) as updates:
+        job = runner.store.get(job_id)
+        async with asyncio.timeout(timeout_s):
+            while not job.status.is_terminal:
+                job = await updates.get()
+    return job
+
+
+async def inside(stages: Stages, stage: str) -> None:
+    """Waits until a run has entered `stage`."""
+    await asyncio.wait_for(stages.entered[stage].wait(), 20)
