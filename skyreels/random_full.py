@@ -37,9 +37,11 @@ def transformer_config(task: Task) -> dict:
     return {"in_channels": LATENT_CHANNELS * (2 if task is Task.I2V else 1), **TRANSFORMER_CONFIG}
 
 
-def random_transformer(task: Task, device: torch.device | str, dtype: torch.dtype, seed: int = 0) -> nn.Module:
+def random_transformer(task: Task, device: torch.device | str, dtype: torch.dtype, seed: int = 0,
+                       **config: object) -> nn.Module:
+    """`config` overrides entries of the full config (fewer blocks, for a benchmark that fits in host memory)."""
     with torch.device("meta"):
-        model = HunyuanVideoTransformer3DModel(**transformer_config(task))
+        model = HunyuanVideoTransformer3DModel(**(transformer_config(task) | config))
     return _materialize(model, device, dtype, seed)
 
 
