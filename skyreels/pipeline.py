@@ -160,9 +160,10 @@ class InProcessStages:
                       image: ImageCondition | None) -> AsyncIterator[StepProgress | Denoised]:
         latents = None
         with self._visiting(self.pipeline.denoise):
+            weights_s = self.pipeline.denoise.load_adapters(params.loras)
             for progress, latents in self.pipeline.denoise.steps(conditioning, params, image):
                 yield progress
-        yield Denoised(latents.cpu())
+        yield Denoised(latents.cpu(), weights_s=weights_s)
 
     async def decode(self, latents: torch.Tensor, request: GenerationRequest) -> np.ndarray:
         with self._visiting(self.pipeline.vae):

@@ -31,7 +31,7 @@ class Denoised:
     """The last item of a denoise stream: the denoised latents (1, C, T', h, w), float32, on the CPU."""
 
     latents: torch.Tensor
-    weights_s: float = 0.0  # of the stream's time, spent putting the task's weights in place before the steps
+    weights_s: float = 0.0  # of the stream's time, spent putting the weights in place (model swap, LoRA loads)
 
 
 class Checkpoint(Protocol):

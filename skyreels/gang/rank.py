@@ -109,9 +109,10 @@ class GangRank:
         """Every rank runs the steps; after each one the ranks agree whether any was asked to stop, so that
         they stop together and none is left waiting in a collective. The driver clears the stop flag.
 
-        Every rank swaps to the task's weights first (all run every Denoise, so they swap together)."""
+        Every rank swaps to the task's weights and loads the request's LoRA adapters first (all run every Denoise,
+        so they do it together)."""
         stage = self.denoiser
-        weights_s = self.weights.activate(command.task)
+        weights_s = self.weights.activate(command.task) + stage.load_adapters(command.params.loras)
         latents = None
         for progress, latents in stage.steps(command.conditioning, command.params, command.image):
             if self.is_main:
