@@ -125,6 +125,10 @@ class TransformerBank:
         weights = self.host[task]
         self._active = None  # until every tensor is in place: a swap cut short is redone, not trusted
         device = _device(self.transformer)
+        if any(getattr(module, "merged", False) for module in self.transformer.modules()
+               if hasattr(module, PEFT_WRAPPER)):
+            raise RuntimeError("a LoRA adapter is merged into the base weights, which a swap would overwrite: "
+                               "unmerge it first")
         slots = _slots(self.transformer)
         if set(slots) != set(weights.tensors):
             raise RuntimeError(f"the transformer's tensors changed since the bank was built "

@@ -93,6 +93,18 @@ def test_a_lora_adapter_stays_across_swaps(tiny_t2v_dir: Path, tiny_i2v_dir: Pat
     assert not torch.equal(latents[0], fresh_runs(loaders, inputs)[0])  # the adapter does change the video
 
 
+def test_a_merged_lora_adapter_is_refused(tiny_t2v_dir: Path, tiny_i2v_dir: Path) -> None:
+    """Merged into the base weights, an adapter would be overwritten by the swap, and unmerging it later would
+    subtract it from the other model's weights."""
+    loaders = served(tiny_t2v_dir, tiny_i2v_dir)
+    stage = loaders[Task.T2V].denoiser()
+    bank = loaders[Task.T2V].weight_bank(stage, loaders)
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=["to_q"]), stage.transformer)
+    next(module for module in stage.transformer.modules() if hasattr(module, "base_layer")).merge()
+    with pytest.raises(RuntimeError, match="merged"):
+        bank.activate(Task.I2V)
+
+
 def test_quantised_weights_swap_quantised(tiny_t2v_dir: Path, tiny_i2v_dir: Path, inputs: Inputs) -> None:
     """The host copies stay int8 (no re-quantisation per swap); the inner tensors are copied in place."""
     loaders = served(tiny_t2v_dir, tiny_i2v_dir, OptimizeConfig(quant="int8"))
