@@ -28,7 +28,7 @@ from skyreels.sim.swap import SimWeightBank
 from skyreels.stages.denoise import DenoiseStage
 from skyreels.stages.text import PromptEncoder, TextEncoderStage
 from skyreels.stages.vae import VaeStage
-from skyreels.weights import TransformerBank, WeightBank
+from skyreels.weights import StreamedWeights, TransformerBank, WeightBank
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,20 @@ def stage_loader(source: str, task: Task | str, device: str | torch.device = "cp
     if source == random_full.RANDOM_FULL:
         return RandomFullLoader(**common)
     return WeightsLoader(**common)
+
+
+def served_denoisers(loaders: Mapping[Task, StageLoader], batch_cfg: bool = True
+                     ) -> tuple[dict[Task, DenoiseStage], WeightBank]:
+    """The denoise stage of each served task on a gang rank, and the bank that puts a task's weights in place.
+
+    One stage for every task, whose weights the bank swaps (the first task's to begin with); with block offload a
+    stage per task, each streaming its blocks from its own host weights (StreamedWeights).
+    """
+    first = next(iter(loaders.values()))
+    if first.optimize.block_offload:
+        return {task: loader.denoiser(batch_cfg) for task, loader in loaders.items()}, StreamedWeights(tuple(loaders))
+    stage = first.denoiser(batch_cfg)
+    return dict.fromkeys(loaders, stage), first.weight_bank(stage, loaders)
 
 
 @dataclass(frozen=True)

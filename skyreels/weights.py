@@ -35,16 +35,23 @@ PEFT_OWN = "lora_"  # PEFT's adapter modules and parameters: lora_A, lora_B, lor
 
 
 class WeightBank(Protocol):
-    """Which served model's weights the rank's denoise stage holds, and the swap to another."""
-
-    @property
-    def active(self) -> Task | None:
-        """None while a swap is incomplete."""
-        ...
+    """Puts a served model's weights where the rank's denoise stage for it runs them."""
 
     def activate(self, task: Task) -> float:
         """Puts `task`'s weights in place; the seconds it took, 0.0 when they were already there."""
         ...
+
+
+class StreamedWeights:
+    """Block offload: each served model has its own stage, whose blocks stream from its own host weights one at a
+    time, so the device never holds a whole set and there is nothing to swap."""
+
+    def __init__(self, served: tuple[Task, ...]) -> None:
+        self.served = served
+
+    def activate(self, task: Task) -> float:
+        check_served(task, self.served)
+        return 0.0
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from PIL import Image
 
 from skyreels.gang.rank import GangRank, RankSpec
-from skyreels.loader import StageLoader, stage_loader
+from skyreels.loader import StageLoader, served_denoisers, stage_loader
 from skyreels.optimize import OptimizeConfig
 from skyreels.request import Task
 from skyreels.stages.conditioning import Conditioning, ImageCondition
@@ -139,10 +139,12 @@ def test_a_rank_holds_one_transformer_and_host_copies_of_each(tiny_t2v_dir: Path
                              device="cpu", dtype=torch.float32, world_size=1), rank=0)
     gc.collect()
     assert _transformers_alive() - before == 1
+    stage = rank.denoisers[Task.T2V]
+    assert rank.denoisers[Task.I2V] is stage
     bank = rank.weights
-    assert isinstance(bank, TransformerBank) and bank.transformer is rank.denoiser.transformer
+    assert isinstance(bank, TransformerBank) and bank.transformer is stage.transformer
     assert set(bank.host) == {Task.T2V, Task.I2V}
-    device_storage = {parameter.data_ptr() for parameter in rank.denoiser.transformer.parameters()}
+    device_storage = {parameter.data_ptr() for parameter in stage.transformer.parameters()}
     for weights in bank.host.values():
         assert all(tensor.device.type == "cpu" for tensor in weights.tensors.values())
         assert not device_storage & {tensor.data_ptr() for tensor in weights.tensors.values()}
@@ -165,10 +167,17 @@ def test_models_of_another_architecture_are_refused(tiny_t2v_dir: Path) -> None:
         TransformerBank.load(stage.transformer, Task.T2V, {Task.I2V: other})
 
 
-def test_block_offload_with_several_models_is_refused(tiny_t2v_dir: Path, tiny_i2v_dir: Path) -> None:
-    with pytest.raises(ValueError, match="block_offload .* cannot swap models"):
-        RankSpec(transformers={Task.T2V: str(tiny_t2v_dir), Task.I2V: str(tiny_i2v_dir)}, device="cpu",
-                 dtype=torch.float32, world_size=1, optimize=OptimizeConfig(block_offload=True))
+def test_block_offload_streams_each_model_from_its_own_host_weights(tiny_t2v_dir: Path, tiny_i2v_dir: Path,
+                                                                     inputs: Inputs) -> None:
+    """Diffusers' group offloading uploads each block from its own host copies: a stage per model, nothing to
+    swap, and no whole set on the device."""
+    loaders = served(tiny_t2v_dir, tiny_i2v_dir, OptimizeConfig(block_offload=True))
+    stages, bank = served_denoisers(loaders)
+    assert stages[Task.T2V] is not stages[Task.I2V]
+    expected = fresh_runs(loaders, inputs)
+    for task, fresh in zip(SWAPS, expected, strict=True):
+        assert bank.activate(task) == 0.0
+        assert torch.equal(denoise(stages[task], task, inputs), fresh)
 
 
 def _transformers_alive() -> int:

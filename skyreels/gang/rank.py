@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from skyreels.gang.commands import Command, Decode, Denoise, EncodeImage, EncodeText, RunsOn
-from skyreels.loader import stage_loader
+from skyreels.loader import served_denoisers, stage_loader
 from skyreels.models import ModelSettings
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.parallel.group import GroupSpec, any_rank, destroy_group, init_group
@@ -49,14 +49,6 @@ class RankSpec:
     decode: bool = False  # every rank holds the VAE and decodes its share of the tiles
     collective_timeout_s: float = 300.0  # a collective waiting longer fails (NCCL: the process is torn down)
 
-    def __post_init__(self) -> None:
-        if len(self.transformers) > 1 and self.optimize.block_offload:
-            # diffusers' group offloading keeps its own host copies of the blocks' weights and uploads those block
-            # by block: a swap would have to rewrite them behind its back (and its weights already live on the host)
-            raise ValueError("block_offload streams one model's weights from host memory and cannot swap models: "
-                             f"serve {', '.join(task.value for task in self.transformers)} on a gang each, "
-                             "or turn block_offload off")
-
 
 class GangRank:
     def __init__(self, spec: RankSpec, rank: int, cuda_index: int = 0, stop: StopFlag | None = None) -> None:
@@ -67,10 +59,9 @@ class GangRank:
         self.stop = stop or threading.Event()
         loaders = {task: stage_loader(source, task, self.device, spec.dtype, spec.optimize, spec.settings)
                    for task, source in spec.transformers.items()}
-        # one transformer on the device, the first task's; the bank holds every served model's weights to swap in
+        # one transformer on the device for every task; the bank holds each served model's weights to swap in
+        self.denoisers, self.weights = served_denoisers(loaders, batch_cfg=not spec.sequence_batch)
         base = next(iter(loaders.values()))  # text encoders and VAE are the HunyuanVideo base of every task
-        self.denoiser = base.denoiser(batch_cfg=not spec.sequence_batch)
-        self.weights = base.weight_bank(self.denoiser, loaders)
         self.heads = base.attention_heads()
         self.text = base.text() if spec.encode_text and self.is_main else None
         self.vae = base.vae() if spec.decode else None
@@ -80,11 +71,12 @@ class GangRank:
         return self.rank == 0
 
     def join(self, master_addr: str, master_port: int) -> None:
-        """Joins the gang's group (every rank must call it) and splits the transformer over the mesh."""
+        """Joins the gang's group (every rank must call it) and splits the transformer(s) over the mesh."""
         init_group(GroupSpec(self.rank, self.spec.world_size, master_addr, master_port, self.spec.device,
                              cuda_index=self.cuda_index, timeout_s=self.spec.collective_timeout_s))
         mesh = DeviceMesh(MeshShape.plan(self.spec.world_size, self.heads, sequence_batch=self.spec.sequence_batch))
-        self.denoiser.distribute(mesh)
+        for stage in dict.fromkeys(self.denoisers.values()):
+            stage.distribute(mesh)
 
     def run(self, command: Command) -> Iterator[Any]:
         """This rank's part of `command`. Rank 0 yields the answer (one item, or the Denoise stream); the other
@@ -111,7 +103,7 @@ class GangRank:
 
         Every rank swaps to the task's weights and loads the request's LoRA adapters first (all run every Denoise,
         so they do it together)."""
-        stage = self.denoiser
+        stage = self.denoisers[command.task]
         weights_s = self.weights.activate(command.task) + stage.load_adapters(command.params.loras)
         latents = None
         for progress, latents in stage.steps(command.conditioning, command.params, command.image):
