@@ -221,8 +221,12 @@ class JobRunner:
 
     def _claim(self) -> Job | None:
         self._queued.clear()
-        job = self.store.claim(self.runner_id, self.policy.job_lease_s, self.policy.model_group_delay_s)
-        self.metrics.queue_depth.set(self.store.count(JobStatus.QUEUED))
+        try:
+            job = self.store.claim(self.runner_id, self.policy.job_lease_s, self.policy.model_group_delay_s)
+            self.metrics.queue_depth.set(self.store.count(JobStatus.QUEUED))
+        except Exception:  # noqa: BLE001 - the store is unreachable for now: the next poll tries again
+            logger.exception("claiming a job failed")
+            return None
         if job is not None:
             self.events.publish(job)
         return job
