@@ -23,6 +23,7 @@ from serve_app.requests import UploadLimits
 from serve_app.retention import RetentionConfig
 from serve_app.runner import JobPolicy
 from serve_app.webhooks import WebhookConfig
+from skyreels.lora import unsupported_with
 
 
 class AppConfig(StageConfig):
@@ -96,6 +97,10 @@ class AppConfig(StageConfig):
     uploads: UploadLimits = Field(default_factory=UploadLimits, description="What an input image may be.")
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Signed job notifications.")
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="When finished jobs expire.")
+    lora_url: str | None = Field(
+        None, description="The LoRA adapter registry: a directory or fsspec URL (s3://, gs://) of .safetensors "
+        "adapters that submits name in `loras` (GET /v1/loras lists them). Every DiT worker must be able to read "
+        "it: on a cluster, use object storage. None: no adapters.")
 
     @model_validator(mode="after")
     def _shared_store_for_replicas(self) -> AppConfig:
@@ -105,6 +110,13 @@ class AppConfig(StageConfig):
         if self.job_heartbeat_s * 3 > self.job_lease_s:
             raise ValueError(f"job_heartbeat_s ({self.job_heartbeat_s}) must be at most a third of job_lease_s "
                              f"({self.job_lease_s})")
+        return self
+
+    @model_validator(mode="after")
+    def _adapters_can_run(self) -> AppConfig:
+        refusal = unsupported_with(self.optimize) if self.lora_url is not None else None
+        if refusal is not None:
+            raise ValueError(f"lora_url is set, but {refusal}")
         return self
 
 
@@ -144,4 +156,5 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         config.uploads,
         config.webhooks,
         config.retention,
+        config.lora_url,
     )

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
+from serve_app.loras import LoraRef
 from serve_app.schemas import Job, Seconds
 from skyreels.request import Task
 
@@ -31,6 +32,12 @@ class Video(Job):
     expires_at: int | None = Field(None, description="Unix time (s) its files are deleted; None: kept.")
     eta_seconds: int | None = Field(None, description="Estimated seconds until the job ends, once its first "
                                                       "denoising steps are timed; None when unknown.")
+    loras: list[LoraRef] = Field(default_factory=list, description="The LoRA adapters it runs with.")
+
+    @classmethod
+    def of(cls, job: Job, **derived: Any) -> Video:
+        """The client's view of a stored job (the server's adapter sources left out) with the derived fields."""
+        return cls.model_validate({**job.model_dump(exclude={"loras": {"__all__": {"source"}}}), **derived})
 
     @field_validator(*TIMESTAMPS, mode="before")
     @classmethod

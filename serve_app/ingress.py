@@ -36,7 +36,8 @@ from serve_app.idempotency import HEADER, fingerprint, once
 from serve_app.limits import SubmitLimits
 from serve_app.metrics import JobMetrics
 from serve_app.openapi import CONTENT, EXTEND_BODY, IDEMPOTENT, SUBMIT_BODY, errors, install_openapi
-from serve_app.requests import ApiError, UploadLimits, image_of, parse, read_fields
+from serve_app.loras import AdapterList, AdapterRegistry
+from serve_app.requests import ApiError, UploadLimits, image_of, loras_field, parse, read_fields
 from serve_app.retention import RetentionConfig, sweep_forever
 from serve_app.runner import JobPolicy, JobRunner, QueueFull
 from serve_app.schemas import Job, VideoCreateParams
@@ -194,6 +195,7 @@ class VideoIngress:
         uploads: UploadLimits = UploadLimits(),
         webhooks: WebhookConfig = WebhookConfig(),
         retention: RetentionConfig = RetentionConfig(),
+        lora_url: str | None = None,
     ) -> None:
         install_request_id_logging()
         self.served_models = served_models
@@ -213,7 +215,7 @@ class VideoIngress:
         self.shutdown_grace_s = shutdown_grace_s
         self.service = VideoService(self.store, self.artifacts, self.runner, served_models,
                                     SubmitLimits(access.max_jobs_in_flight, access.max_submits_per_minute),
-                                    self.webhooks, retention.ttl_s)
+                                    self.webhooks, retention.ttl_s, AdapterRegistry(lora_url, served_models))
         self._started: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
         try:  # recover interrupted jobs right away when constructed on the event loop
@@ -277,6 +279,11 @@ class VideoIngress:
     async def http_models(self) -> JSONResponse:
         return _json(self.service.models())
 
+    @app.get("/v1/loras", operation_id="listLoras", response_model=AdapterList, responses=errors(401))
+    async def http_loras(self) -> JSONResponse:
+        """The server's LoRA adapters, each with the models it fits: what a submit may name in `loras`."""
+        return _json(await self.service.loras())
+
     @app.post("/v1/videos", status_code=202, operation_id="createVideo", response_model=Video,
               openapi_extra=SUBMIT_BODY, responses=errors(400, 401, 409, 413, 415, 422, 429))
     async def http_create(self, request: Request, owner: Owner) -> JSONResponse:
@@ -285,6 +292,8 @@ class VideoIngress:
         async def submit() -> Video:
             image = image_of(fields.get("input_reference"), self.uploads)
             params = {name: value for name, value in fields.items() if name != "input_reference"}
+            if not typed and "loras" in params:
+                params["loras"] = loras_field(params["loras"])
             return await self._submit(parse(VideoCreateParams, params, typed), image, owner)
 
         return await self._once(request, owner, fields, submit)
@@ -359,6 +368,9 @@ class VideoIngress:
 
     async def get_job(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
         return self.service.view(self.service.job(job_id, owner)).model_dump(mode="json")
+
+    async def list_loras(self) -> dict[str, Any]:
+        return (await self.service.loras()).model_dump(mode="json")
 
     async def list_jobs(self, limit: int = 20, after: str | None = None, owner: str | None = None) -> dict[str, Any]:
         return self.service.list(limit=limit, after=after, owner=owner).model_dump(mode="json")

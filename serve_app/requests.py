@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import re
 import secrets
 import time
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from serve_app.model_cards import model_card
+from serve_app.loras import AdapterRefused, AdapterRegistry, AppliedLora
 from serve_app.schemas import SHARED_FIELDS, Job, VideoCreateParams
 from skyreels.models import SERVED_MODEL_IDS, ServedModel
 from skyreels.request import MAX_FRAMES, GenerationRequest
@@ -119,6 +121,17 @@ async def _read_body(request: Request, limit: int) -> None:
     request._body = bytes(body)  # Starlette's own cache of the body, which json() and form() read
 
 
+def loras_field(text: Any) -> Any:
+    """A multipart body's `loras`: a JSON array, as a JSON body gives it."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise InvalidRequest(f"loras: in a multipart body, give a JSON array such as "
+                             f'[{{"name": "style", "scale": 0.8}}] ({error})') from error
+
+
 def image_of(reference: Any, limits: UploadLimits) -> Image.Image | None:
     """An input_reference: a file, a data URL, or OpenAI's {"image_url": data URL}."""
     if isinstance(reference, dict):
@@ -192,16 +205,21 @@ def to_png(image: Image.Image) -> bytes:
 
 
 def new_job(params: VideoCreateParams, image: Image.Image | None, served_models: list[ServedModel],
-            **lineage: Any) -> tuple[Job, GenerationRequest]:
+            adapters: AdapterRegistry | None = None, **lineage: Any) -> tuple[Job, GenerationRequest]:
     """Validates everything known at submit, so nothing fails mid-run for a reason known now: the job record
-    and the request it runs (with its seed drawn). Fields left out get the model's defaults; `lineage` names
-    the job this one remixes or extends."""
+    and the request it runs (with its seed drawn). Fields left out get the model's defaults; the adapters of
+    params.loras are looked up in `adapters` and checked against the model (this may read adapter files: call
+    it off the event loop); `lineage` names the job this one remixes or extends."""
     served = {model.id: model for model in served_models}
     if params.model not in served:
         raise InvalidRequest(f"unknown model {params.model!r}; available models: {', '.join(served)}", 400)
     params = with_model_defaults(params, served[params.model])
     try:
-        request = to_generation_request(params, image).with_seed()
+        loras = (adapters or AdapterRegistry(None, served_models)).resolve(params.loras, served[params.model])
+    except AdapterRefused as error:
+        raise InvalidRequest(str(error)) from error
+    try:
+        request = to_generation_request(params, image, loras).with_seed()
     except ValidationError as error:
         raise InvalidRequest(validation_message(error)) from error
     job = Job(
@@ -211,6 +229,7 @@ def new_job(params: VideoCreateParams, image: Image.Image | None, served_models:
         size=f"{request.width}x{request.height}",
         has_input_reference=image is not None,
         total_steps=request.num_inference_steps,
+        loras=loras,
         **request.model_dump(include=set(SHARED_FIELDS)),
         **lineage,
     ).model_copy(update={"prompt": params.prompt.strip()})  # as typed: the model's prefix stays in the request
@@ -243,13 +262,18 @@ def frames_for(seconds: float, fps: int) -> int:
     return frames
 
 
-def to_generation_request(source: VideoCreateParams | Job, image: Image.Image | None) -> GenerationRequest:
+def to_generation_request(source: VideoCreateParams | Job, image: Image.Image | None,
+                          loras: list[AppliedLora] | None = None) -> GenerationRequest:
+    """`loras`: the adapters a submit's names resolved to; a stored job has its own."""
     height, width = parse_size(source.size)
+    if loras is None:
+        loras = source.loras if isinstance(source, Job) else []
     return GenerationRequest(
         task=TASKS[source.model],
         height=height,
         width=width,
         image=image,
+        loras=[lora.spec for lora in loras],
         **{name: getattr(source, name) for name in SHARED_FIELDS},
     )
 

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from serve_app.loras import AppliedLora, LoraRef
+from skyreels.lora import MAX_LORAS
 from skyreels.models import SERVED_MODEL_IDS
 from skyreels.progress import Phase
 from skyreels.request import GenerationRequest, Task
@@ -116,6 +118,9 @@ VideoCreateParams = create_model(
     webhook_url=(str | None, Field(None, max_length=2048, pattern=r"^https?://[^\s/?#]+([/?#]\S*)?$",
                                    description="POSTed the job, signed (Standard Webhooks), once it completes, "
                                                "fails or is cancelled. Default: the server's, if it has one.")),
+    loras=(list[LoraRef], Field(default_factory=list, max_length=MAX_LORAS,
+                                description="LoRA adapters (GET /v1/loras), each at a scale, for this video only. "
+                                            "In a multipart body: a JSON array.")),
     **{name: _request_field(name) for name in SHARED_FIELDS if name not in MODEL_DEFAULTED},
     **{name: _model_defaulted_field(name) for name in MODEL_DEFAULTED},
 )
@@ -141,6 +146,7 @@ class Job(BaseModel):
     remixed_from_video_id: str | None = None
     extended_from_video_id: str | None = None
     prefix_frames: int = Field(0, description="An extension's frames taken from the video it continues.")
+    loras: list[AppliedLora] = Field(default_factory=list, description="The LoRA adapters it runs with.")
     progress: int = Field(0, ge=0, le=100)
     phase: Phase = Phase.QUEUED
     current_step: int = 0

@@ -19,6 +19,7 @@ from serve_app.contract import ExtendParams, ModelList, RemixParams, Video, Vide
 from serve_app.eta import EtaEstimator
 from serve_app.extension import EXTENDED_VIDEO, PREFIX_VIDEO, last_frame, stitched_video
 from serve_app.limits import SubmitLimits
+from serve_app.loras import AdapterList, AdapterRegistry
 from serve_app.model_cards import model_card
 from serve_app.requests import ApiError, InvalidRequest, new_job, parse, to_png
 from serve_app.retention import expires_at
@@ -36,20 +37,24 @@ MEDIA_TYPES = {"video": "video/mp4", "thumbnail": "image/jpeg"}
 
 class VideoService:
     def __init__(self, store: JobStore, artifacts: ArtifactStore, runner: JobRunner, served_models: list[ServedModel],
-                 limits: SubmitLimits, webhooks: WebhookSender, ttl_s: float | None) -> None:
+                 limits: SubmitLimits, webhooks: WebhookSender, ttl_s: float | None,
+                 adapters: AdapterRegistry | None = None) -> None:
         self.store, self.artifacts, self.runner, self.served_models = store, artifacts, runner, served_models
         self.limits, self.webhooks, self.ttl_s = limits, webhooks, ttl_s
+        self.adapters = adapters or AdapterRegistry(None, served_models)
         self.eta = EtaEstimator()
 
     def view(self, job: Job) -> Video:
         """The job as clients see it: with its live queue position and time left."""
         self.eta.learn(job)
-        return Video.model_validate({**job.model_dump(), "queue_position": self.runner.queue_position(job),
-                                     "eta_seconds": self.eta.estimate(job, time.time()),
-                                     "expires_at": expires_at(job, self.ttl_s)})
+        return Video.of(job, queue_position=self.runner.queue_position(job), eta_seconds=self.eta.estimate(
+            job, time.time()), expires_at=expires_at(job, self.ttl_s))
 
     def models(self) -> ModelList:
         return ModelList(data=[model_card(model) for model in self.served_models])
+
+    async def loras(self) -> AdapterList:
+        return AdapterList(data=await asyncio.to_thread(self.adapters.cards))
 
     def job(self, job_id: str, owner: str | None = None) -> Job:
         job = self.store.get(job_id)
@@ -62,7 +67,8 @@ class VideoService:
         if owner is not None:
             self.limits.admit(owner, self.store.count_owned(owner, JobStatus.QUEUED, JobStatus.IN_PROGRESS))
         webhook_url = await self.webhooks.check(params.webhook_url)
-        job, _ = new_job(params, image, self.served_models, owner=owner, webhook_url=webhook_url, **lineage)
+        job, _ = await asyncio.to_thread(new_job, params, image, self.served_models, self.adapters, owner=owner,
+                                         webhook_url=webhook_url, **lineage)
         if prefix_video is not None:
             await asyncio.to_thread(self.artifacts.put, job.id, PREFIX_VIDEO, prefix_video)
         try:
@@ -163,5 +169,6 @@ class VideoService:
 
 def _params_of(job: Job, **changes: Any) -> VideoCreateParams:
     fields = {"model": job.model, "size": job.size, "webhook_url": job.webhook_url,
+              "loras": [lora.model_dump(include={"name", "scale"}) for lora in job.loras],
               **{name: getattr(job, name) for name in SHARED_FIELDS}}
     return parse(VideoCreateParams, fields | changes)
