@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from skyreels.logs import configure_logging
+from skyreels.lora.spec import MAX_LORAS, MAX_SCALE, MIN_SCALE, LoraSpec
 from skyreels.models import ModelNotAvailableError
 from skyreels.optimize.config import OptimizeConfig, QuantMode
 from skyreels.request import GenerationRequest, Task
@@ -52,6 +53,7 @@ FLAG_NAMES = {
     **{name: f"--{name}" for name in REQUEST_FLAGS},
     "task": "--task_type",
     "image": "--image",
+    "loras": "--lora",
     **{field: f"--{flag}" for flag, field in OPTIMIZE_FLAGS.items()},
     "quant": "--quant_mode",
 }
@@ -142,6 +144,11 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
                    help=f"{request_fields['image'].description} An image file.")
     for name in REQUEST_FLAGS:
         add_field_flag(generate, name, request_fields[name], **CLI_OVERRIDES.get(name, {}))
+    generate.add_argument("--lora", action="append", type=_lora, metavar="SOURCE[:SCALE]",
+                          help="a LoRA adapter of the DiT: a .safetensors file, a directory holding one, an fsspec "
+                               "URL (s3://, gs://, https://, ...) or a Hub id (owner/name), with its strength SCALE "
+                               f"(1.0 when left out, {MIN_SCALE:g} to {MAX_SCALE:g}); repeat for several (up to "
+                               f"{MAX_LORAS})")
     generate.add_argument("--video_num", type=int, default=1, help="videos from consecutive seeds")
     generate.add_argument("--outdir", default="skyreels", help="videos go to results/OUTDIR/")
     add_device_flags(generate)
@@ -171,6 +178,7 @@ def run_generate(args: argparse.Namespace) -> int:
     request = GenerationRequest(
         task=Task(args.task_type),
         image=_load_image(args.image) if args.image else None,
+        loras=args.lora or [],
         **{name: getattr(args, name) for name in REQUEST_FLAGS},
     )
     optimize = OptimizeConfig(
@@ -211,6 +219,13 @@ def run_make_tiny(args: argparse.Namespace) -> int:
 
 class UsageError(Exception):
     pass
+
+
+def _lora(text: str) -> LoraSpec:
+    try:
+        return LoraSpec.parse(text)
+    except ValidationError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {describe_validation_error(error)}") from error
 
 
 def _load_image(path: str) -> Any:

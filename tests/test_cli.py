@@ -8,12 +8,15 @@ import sys
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 from PIL import Image
 
-from skyreels.cli import OPTIMIZE_FLAGS, REQUEST_FLAGS, main
+from skyreels.cli import OPTIMIZE_FLAGS, REQUEST_FLAGS, build_parser, main
 from skyreels.logs import QUIET_ENVIRONMENT, configure_logging
+from skyreels.lora import LoraSpec
 from skyreels.request import GenerationRequest
+from skyreels.tiny import make_tiny_lora
 from tests_support import assert_same_video
 
 SMALL = ["--height", "64", "--width", "64", "--num_frames", "9", "--num_inference_steps", "2"]
@@ -101,11 +104,14 @@ def test_help_lists_the_commands_of_installed_plugins_without_heavy_imports() ->
     assert completed.stdout.strip().endswith("[]")
 
 
-def test_generate_prints_only_our_lines(in_tmp: Path) -> None:
-    """No third-party warning or progress bar: stderr holds our log lines and our denoising bar."""
+@pytest.mark.parametrize("with_lora", [False, True], ids=["plain", "lora"])
+def test_generate_prints_only_our_lines(in_tmp: Path, with_lora: bool) -> None:
+    """No third-party warning or progress bar: stderr holds our log lines and our denoising bar (also with PEFT's
+    LoRA layers)."""
     environment = {k: v for k, v in os.environ.items() if k not in QUIET_ENVIRONMENT}
+    lora = ["--lora", f"{make_tiny_lora(in_tmp / 'lora')}:0.5"] if with_lora else []
     completed = subprocess.run(
-        [sys.executable, "-m", "skyreels.cli", "generate", "--prompt", "quiet", *SMALL],
+        [sys.executable, "-m", "skyreels.cli", "generate", "--prompt", "quiet", *lora, *SMALL],
         capture_output=True, text=True, env=environment, check=True,
     )
     lines = [line.strip() for line in re.split(r"[\r\n]+", completed.stderr) if line.strip()]
@@ -180,3 +186,29 @@ def test_console_script_runs_as_module(in_tmp: Path) -> None:
     )
     assert completed.stdout.strip() == str(in_tmp / "m")
     assert (in_tmp / "m" / "transformer" / "config.json").is_file()
+
+
+def test_lora_flags_parse_source_and_scale() -> None:
+    args = build_parser().parse_args(["generate", "--prompt", "x", "--lora", "style.safetensors",
+                                      "--lora", "s3://bucket/x.safetensors:0.7", "--lora", "https://host/y.safetensors"])
+    assert args.lora == [LoraSpec(source="style.safetensors"), LoraSpec(source="s3://bucket/x.safetensors", scale=0.7),
+                         LoraSpec(source="https://host/y.safetensors")]
+    assert build_parser().parse_args(["generate", "--prompt", "x"]).lora is None
+
+
+def test_generate_with_a_lora(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
+    lora = make_tiny_lora(in_tmp / "style")
+    assert main(["generate", "--prompt", "styled", "--outdir", "lora", "--lora", f"{lora.parent}:0.8", *SMALL]) == 0
+    assert main(["generate", "--prompt", "styled", "--outdir", "plain", *SMALL]) == 0
+    styled = iio.imread(in_tmp / "results" / "lora" / "styled_42_0.mp4", plugin="FFMPEG")
+    plain = iio.imread(in_tmp / "results" / "plain" / "styled_42_0.mp4", plugin="FFMPEG")
+    assert styled.shape == plain.shape == (9, 64, 64, 3)
+    assert np.abs(styled.astype(int) - plain.astype(int)).max() > 10
+    assert main(["generate", "--prompt", "x", "--lora", str(in_tmp / "missing.safetensors"), *SMALL]) == 2
+    assert f"skyreels: LoRA {str(in_tmp / 'missing.safetensors')!r} not found" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "x", "--lora", str(lora), "--parameters_level", *SMALL]) == 2
+    assert "skyreels: LoRA adapters cannot run with block offload (--parameters_level)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--prompt", "x", "--lora", "a:9"])
+    assert exit_.value.code == 2
+    assert "argument --lora: 'a:9': scale: Input should be less than or equal to 4" in capsys.readouterr().err

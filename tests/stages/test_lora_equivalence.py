@@ -3,6 +3,7 @@ request's adapters never leak into the next one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,23 +87,35 @@ def test_original_hunyuan_video_keys_are_converted(t2v_pipeline: LocalPipeline, 
     assert max_abs_diff(ours, t2v_pipeline.generate(t2v_request).frames) > VISIBLE
 
 
-def fresh(model_dir: Path, request: GenerationRequest) -> torch.Tensor:
-    return LocalPipeline.from_pretrained(model_dir).generate(request).latents
+@pytest.fixture(scope="module")
+def fresh(tiny_t2v_dir: Path) -> Callable[[GenerationRequest], torch.Tensor]:
+    """The latents of a request on a pipeline that ran nothing before, computed once per request."""
+    results: dict[str, torch.Tensor] = {}
+
+    def latents(request: GenerationRequest) -> torch.Tensor:
+        key = request.model_dump_json()
+        if key not in results:
+            results[key] = LocalPipeline.from_pretrained(tiny_t2v_dir).generate(request).latents
+        return results[key]
+
+    return latents
 
 
-def test_no_leak_into_the_next_request(tiny_t2v_dir: Path, t2v_request: GenerationRequest, loras: dict) -> None:
+def test_no_leak_into_the_next_request(tiny_t2v_dir: Path, t2v_request: GenerationRequest, loras: dict,
+                                       fresh: Callable) -> None:
     pipe = LocalPipeline.from_pretrained(tiny_t2v_dir)
     for request in [with_loras(t2v_request, (loras["x"], 0.8)), t2v_request, with_loras(t2v_request, (loras["x"], 0.3)),
                     with_loras(t2v_request, (loras["y"], 1.0))]:
-        assert torch.equal(pipe.generate(request).latents, fresh(tiny_t2v_dir, request))
+        assert torch.equal(pipe.generate(request).latents, fresh(request))
 
 
-def test_lru_of_one_evicts_and_reloads(tiny_t2v_dir: Path, t2v_request: GenerationRequest, loras: dict) -> None:
+def test_lru_of_one_evicts_and_reloads(tiny_t2v_dir: Path, t2v_request: GenerationRequest, loras: dict,
+                                       fresh: Callable) -> None:
     pipe = LocalPipeline.from_pretrained(tiny_t2v_dir)
     pipe.denoise.adapters.capacity = 1
     x, y = with_loras(t2v_request, (loras["x"], 0.8)), with_loras(t2v_request, (loras["y"], 0.8))
     for request, name in [(x, "x"), (y, "y"), (x, "x")]:
-        assert torch.equal(pipe.generate(request).latents, fresh(tiny_t2v_dir, request))
+        assert torch.equal(pipe.generate(request).latents, fresh(request))
         assert pipe.denoise.adapters.loaded == [loras[name]]
     assert pipe.denoise.load_adapters(x.loras) == 0.0  # loaded already
     both = with_loras(t2v_request, (loras["x"], 0.7), (loras["y"], -1.5))
@@ -111,11 +124,11 @@ def test_lru_of_one_evicts_and_reloads(tiny_t2v_dir: Path, t2v_request: Generati
 
 
 def test_cancelled_run_switches_its_adapters_off(tiny_t2v_dir: Path, t2v_request: GenerationRequest,
-                                                 loras: dict) -> None:
+                                                 loras: dict, fresh: Callable) -> None:
     pipe = LocalPipeline.from_pretrained(tiny_t2v_dir)
     conditioning = pipe.text.encode(t2v_request.prompt, t2v_request.negative_prompt)
     request = with_loras(t2v_request, (loras["x"], 0.8))
     steps = pipe.denoise.steps(conditioning, DenoiseParams.from_request(request))
     next(steps)
     steps.close()  # a cancel between two steps
-    assert torch.equal(pipe.generate(t2v_request).latents, fresh(tiny_t2v_dir, t2v_request))
+    assert torch.equal(pipe.generate(t2v_request).latents, fresh(t2v_request))
