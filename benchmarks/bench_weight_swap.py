@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -31,6 +32,18 @@ from skyreels.request import Task
 from skyreels.weights import TransformerBank
 from tables import markdown_table
 from workload import versions
+
+NOTES = [
+    "`GB per model` is what one swap copies (every parameter and buffer of the transformer, bf16). `blocks-D-S` "
+    "rows are slices of the real model (its width, D of 20 double and S of 40 single blocks) that fit in host "
+    "memory; the last column extrapolates their seconds per GB to the whole transformer, labelled as such.",
+    "On the CPU the \"device\" is host memory: a swap is a host -> host copy bounded by memory bandwidth (and by "
+    "whatever else the machine runs: see the load average), not the PCIe copy of a GPU rank.",
+    "On a GPU rank the copy is pinned host -> device over PCIe: ~25 GB/s on Gen4 x16 (A100/A800 hosts), ~50 GB/s on "
+    "Gen5 (H100/H200), i.e. ~1 s / ~0.5 s for 25.6 GB on a GPU alone on its link; the sim profile assumes 2 s "
+    "(two GPUs of a gang sharing each x16 uplink, skyreels.sim.profile.estimated_weight_swap_seconds) until "
+    "`--device cuda` measures it.",
+]
 
 ModelMaker = Callable[[Task, str], nn.Module]  # (task, device) -> a transformer with the task's weights
 
@@ -50,11 +63,13 @@ def main() -> None:
                 for size in args.sizes.split(",") for pin in pins]
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU (host -> host copies)"
     report = {"command": f"python {' '.join(sys.argv)}", "device": device, "versions": versions(), "dtype": str(dtype),
-              "full_transformer_gb": round(full_gb, 2), "rows": rows}
+              "full_transformer_gb": round(full_gb, 2), "load_average_1_5_15_min": os.getloadavg(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Weight swap (T2V <-> I2V transformer, in place)", "", f"Device: {device}; {report['versions']}",
-             f"Command: `{report['command']}`", "", markdown_table(rows)]
+             f"Command: `{report['command']}`",
+             f"Load average at the end (1/5/15 min, {os.cpu_count()} CPUs): {report['load_average_1_5_15_min']}", "",
+             markdown_table(rows), "", *NOTES]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
