@@ -59,7 +59,7 @@ class GangRank:
         self.stop = stop or threading.Event()
         loaders = {task: stage_loader(source, task, self.device, spec.dtype, spec.optimize, spec.settings)
                    for task, source in spec.transformers.items()}
-        # one transformer on the device for every task; the bank holds each served model's weights to swap in
+        # one transformer whose weights the bank swaps between the tasks (a stage per task under block offload)
         self.denoisers, self.weights = served_denoisers(loaders, batch_cfg=not spec.sequence_batch)
         base = next(iter(loaders.values()))  # text encoders and VAE are the HunyuanVideo base of every task
         self.heads = base.attention_heads()
