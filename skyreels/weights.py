@@ -10,8 +10,9 @@ Names are mapped around PEFT: a LoRA layer renames `to_q.weight` to `to_q.base_l
 `lora_*` tensors, which the bank leaves alone, so adapters stay loaded across swaps (they target the attention and
 MLP linears, which the T2V and I2V models share).
 
-Quantised (torchao) weights are tensor subclasses: the bank keeps them quantised on the host and copies their
-inner tensors (the int8/fp8 data and the scales), which keeps the device objects and needs no re-quantisation.
+Quantised (torchao) weights are tensor subclasses: the bank keeps them quantised on the host (each inner tensor,
+the int8/fp8 data and the scales, copied or pinned) and torchao's copy_ puts them in place, inner tensor by inner
+tensor: no re-quantisation per swap.
 """
 
 from __future__ import annotations
@@ -197,29 +198,17 @@ def _put(slot: _Slot, host: torch.Tensor, name: str) -> None:
     """Copies `host` into the slot's tensor, or replaces the tensor where the shapes differ."""
     current = slot.tensor
     if current.shape == host.shape:
-        _copy_into(current, host, name)
+        current.copy_(host, non_blocking=True)  # a torchao tensor copies its inner tensors, if quantised alike
         return
     if slot.wrapped:
         raise RuntimeError(f"{name} differs in shape between the served models and a LoRA adapter wraps it; "
                            "an adapter for the input projection fits one model only")
-    replacement = host.to(current.device)
+    replacement = host.to(current.device, copy=True)  # never the host copy itself (on a CPU rank)
     if slot.is_parameter:
         slot.module._parameters[slot.key] = nn.Parameter(replacement, requires_grad=False)
     else:
         slot.module._buffers[slot.key] = replacement
     _fit_layer(slot.module)
-
-
-def _copy_into(device_tensor: torch.Tensor, host: torch.Tensor, name: str) -> None:
-    if not is_traceable_wrapper_subclass(device_tensor):
-        device_tensor.copy_(host, non_blocking=True)
-        return
-    # copy_ on a quantised tensor can be a silent no-op (torchao's Int8Tensor): copy its inner tensors
-    names, meta = device_tensor.__tensor_flatten__()
-    if type(host) is not type(device_tensor) or host.__tensor_flatten__() != (names, meta):
-        raise RuntimeError(f"{name}: the host copy is not quantised as the device's ({type(host).__name__})")
-    for inner in names:
-        _copy_into(getattr(device_tensor, inner), getattr(host, inner), f"{name}.{inner}")
 
 
 def _fit_layer(module: nn.Module) -> None:

@@ -69,8 +69,12 @@ def fresh_runs(loaders: dict[Task, StageLoader], inputs: Inputs, prepare: Prepar
     return [fresh[task] for task in SWAPS]
 
 
-def test_swaps_equal_fresh_stages_and_report_seconds(tiny_t2v_dir: Path, tiny_i2v_dir: Path, inputs: Inputs) -> None:
-    loaders = served(tiny_t2v_dir, tiny_i2v_dir)
+@pytest.mark.parametrize("optimize", [OptimizeConfig(), OptimizeConfig(quant="int8"),
+                                      OptimizeConfig(step_cache_threshold=0.2)], ids=["plain", "int8", "step-cache"])
+def test_swaps_equal_fresh_stages_and_report_seconds(optimize: OptimizeConfig, tiny_t2v_dir: Path,
+                                                     tiny_i2v_dir: Path, inputs: Inputs) -> None:
+    """int8: the host copies stay quantised, copied in place into the device's quantised tensors."""
+    loaders = served(tiny_t2v_dir, tiny_i2v_dir, optimize)
     latents, seconds = swapped_runs(loaders, inputs)
     for swapped, fresh in zip(latents, fresh_runs(loaders, inputs), strict=True):
         assert torch.equal(swapped, fresh)
@@ -103,14 +107,6 @@ def test_a_merged_lora_adapter_is_refused(tiny_t2v_dir: Path, tiny_i2v_dir: Path
     next(module for module in stage.transformer.modules() if hasattr(module, "base_layer")).merge()
     with pytest.raises(RuntimeError, match="merged"):
         bank.activate(Task.I2V)
-
-
-def test_quantised_weights_swap_quantised(tiny_t2v_dir: Path, tiny_i2v_dir: Path, inputs: Inputs) -> None:
-    """The host copies stay int8 (no re-quantisation per swap); the inner tensors are copied in place."""
-    loaders = served(tiny_t2v_dir, tiny_i2v_dir, OptimizeConfig(quant="int8"))
-    latents, _ = swapped_runs(loaders, inputs)
-    for swapped, fresh in zip(latents, fresh_runs(loaders, inputs), strict=True):
-        assert torch.equal(swapped, fresh)
 
 
 def test_compiled_blocks_stay_valid_across_swaps(tiny_t2v_dir: Path, tiny_i2v_dir: Path, inputs: Inputs,
