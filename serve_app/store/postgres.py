@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 # Any constant: makes replicas that start together create the schema one after the other.
 SCHEMA_LOCK = 0x5C7E1500
+CONNECT_TIMEOUT_S = 10  # the store is called on the ingress's event loop: an unreachable server must not hang it
 
 
 class PostgresJobStore(JobStore):
@@ -34,7 +35,7 @@ class PostgresJobStore(JobStore):
     def __init__(self, url: str) -> None:
         import psycopg  # only PostgreSQL users need it: pip install 'skyreels-serve[postgres]'
 
-        self._connect = lambda: psycopg.connect(url, autocommit=True)
+        self._connect = lambda: psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         self._idle: queue.LifoQueue[psycopg.Connection] = queue.LifoQueue()
         self._closed = threading.Event()
         with self._writing() as db:

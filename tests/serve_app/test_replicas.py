@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ from stand_in_stages import Stages, finished, inside, submit
 
 from serve_app.client import VideoClient
 from serve_app.metrics import JobMetrics
-from serve_app.runner import JobPolicy, JobRunner
+from serve_app.runner import JobPolicy, JobRunner, QueueFull
 from serve_app.schemas import ErrorCode, Job, JobStatus
 from serve_app.store import open_store
 from skyreels.artifacts import ArtifactStore
@@ -133,6 +134,24 @@ def test_cancel_through_the_replica_that_does_not_run_the_job(postgres_url: str,
     runs_it, _, cancelled = a_job_hung_on_one_replica(postgres_url, tmp_path, cancel_elsewhere)
     assert cancelled.status is JobStatus.CANCELLED and cancelled.error is None
     assert runs_it.denoise_closed == 1 and not runs_it.decoded  # stopped mid-denoise, as a cancel here would
+
+
+def test_the_queue_limit_counts_every_replicas_jobs(postgres_url: str, tmp_path: Path) -> None:
+    stages = Stages(ArtifactStore(str(tmp_path / "artifacts")))
+    policy = replace(POLICY, max_queued_jobs=2)
+    a, b = (JobRunner(open_store("", postgres_url), stages.artifacts, *stages.handles(), policy, JobMetrics())
+            for _ in range(2))  # not started: nothing leaves the queue
+
+    async def scenario() -> None:
+        first = await submit(a)
+        await submit(b)
+        with pytest.raises(QueueFull):
+            await submit(a)
+        assert a.queue_position(first) == b.queue_position(first) == 1
+
+    asyncio.run(scenario())
+    a.store.close()
+    b.store.close()
 
 
 def test_several_ingress_replicas_need_postgresql(tmp_path: Path) -> None:
