@@ -86,10 +86,6 @@ def check_layers(state: Mapping[str, Any], transformer_config: Mapping[str, Any]
     if not layers:
         raise AdapterError(f"LoRA {name} has no layers for the transformer (keys under {PREFIX!r}; its first key is "
                            f"{next(iter(state))!r})")
-    if not any(".lora_A." in key for key in layers):
-        from diffusers.utils import convert_unet_state_dict_to_peft  # lora_down/lora_up names, as diffusers does
-
-        layers = convert_unet_state_dict_to_peft(layers)
     modules = _module_shapes(_config_key(transformer_config))
     for key, tensor in layers.items():
         _check_layer(key, tuple(tensor.shape), layers, modules, name)
