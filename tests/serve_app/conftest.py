@@ -63,8 +63,17 @@ def deploy(port: int, root: Path, name: str, route_prefix: str, **settings) -> R
 
 
 @pytest.fixture(scope="session")
-def serve_app(ray_local: int, tmp_path_factory: pytest.TempPathFactory) -> RunningApp:
-    return deploy(ray_local, tmp_path_factory.mktemp("app"), "skyreels", "/", gpus_per_replica=2, max_queued_jobs=32)
+def tiny_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session app's one LoRA adapter, `ink` (a LoRA of the tiny preset's DiT, made with PEFT)."""
+    from skyreels.tiny import make_tiny_lora
+
+    return make_tiny_lora(tmp_path_factory.mktemp("loras") / "ink", seed=5)
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_local: int, tmp_path_factory: pytest.TempPathFactory, tiny_adapter: Path) -> RunningApp:
+    return deploy(ray_local, tmp_path_factory.mktemp("app"), "skyreels", "/", gpus_per_replica=2, max_queued_jobs=32,
+                  lora_url=str(tiny_adapter.parent.parent))
 
 
 @pytest.fixture(scope="session")

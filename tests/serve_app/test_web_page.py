@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
@@ -126,6 +127,13 @@ def test_page_generates_and_plays_a_video(browser, serve_base_url: str, tmp_path
     for field, value in (("frames", "9"), ("steps", "4"), ("seed", "42")):
         by_id(field).clear()
         by_id(field).send_keys(value)
+    # the server's LoRA adapters (GET /v1/loras) that fit the model, each with its scale
+    _wait(driver, lambda: by_id("lora-list").get_attribute("data-loaded") == "true", 30, "the adapter list")
+    assert by_id("lora-field").is_displayed()
+    by_id("lora-ink").click()
+    scale = driver.find_element("css selector", "#lora-list input.lora-scale")
+    scale.clear()
+    scale.send_keys("0.5")
     by_id("submit").click()
 
     def finished() -> bool:
@@ -161,6 +169,8 @@ def test_page_generates_and_plays_a_video(browser, serve_base_url: str, tmp_path
 
     # the gallery shows the job as completed, with its thumbnail
     job_id = state["src"].split("/v1/videos/")[1].split("/")[0]
+    assert httpx.get(f"{serve_base_url.rstrip('/')}/v1/videos/{job_id}").json()["loras"] == [
+        {"name": "ink", "scale": 0.5}]
     card = f'#gallery li[data-id="{job_id}"]'
     _wait(driver, lambda: driver.execute_script(
         "const li = document.querySelector(arguments[0]); return !!li"
