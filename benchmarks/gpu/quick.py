@@ -76,6 +76,8 @@ def plan(settings: QuickSettings) -> list[Part]:
         Part("end_to_end", "end_to_end", (settings,), 45, 120),
         # Ray start ~10 s, deploy and load the tiny stages ~20 s, one job ~3 s, stop ~5 s
         Part("serve_job", "serve_job", (settings,), 45, settings.serve_timeout_s + 20),
+        # 2 x 6.3 GB random slices made on the GPU, ~3 s pinning, 6 swaps at ~50 GB/s
+        Part("weight_swap", "weight_swap", (settings,), 20, 90),
     ]
 
 

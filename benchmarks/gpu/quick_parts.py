@@ -24,10 +24,13 @@ from PIL import Image
 from bench_dit import VariantRun, matmul_floor_seconds, unrunnable_reason, variants
 from bench_e2e import measure
 from bench_step_cache import threshold_rows
+from bench_weight_swap import maker as swap_models
+from bench_weight_swap import measure as measure_swap
+from bench_weight_swap import parameter_count
 from baseline import diffusers_transformer_config
 from part_runner import PartSkipped
 from quick_settings import QuickSettings
-from skyreels import GenerationRequest, LocalPipeline, Task
+from skyreels import GenerationRequest, LocalPipeline, Task, random_full
 from skyreels.optimize.attention import unusable_reason
 from workload import Workload
 
@@ -120,6 +123,16 @@ def serve_job(settings: QuickSettings) -> dict:
         if returncode != 0 or not video.is_file():
             raise RuntimeError(f"`{' '.join(command[1:])}` exited {returncode}: {output[-1500:]}")
         return {"command": " ".join(["python", *command[1:]]), "seconds": seconds, "mp4_bytes": video.stat().st_size}
+
+
+def weight_swap(settings: QuickSettings) -> dict:
+    """A gang rank putting the other model's transformer weights in place (T2V -> I2V -> T2V), from pinned host
+    memory on a GPU; seconds per GB, extrapolated to the whole transformer."""
+    dtype = torch.bfloat16
+    full_gb = parameter_count(random_full.transformer_config(Task.I2V)) * dtype.itemsize / 1e9
+    with tempfile.TemporaryDirectory(prefix="quick-swap-") as scratch:
+        return measure_swap(settings.swap_size, swap_models(settings.swap_size, Path(scratch), dtype), settings.device,
+                            settings.device == "cuda", 3, full_gb)
 
 
 def _run_in_own_session(command: list[str], timeout_s: float) -> tuple[int, str]:

@@ -130,6 +130,12 @@ def markdown(report: dict) -> str:
         serve = ok["serve_job"]
         lines += ["", "## Serve job", "", f"`{serve['command']}`: {serve['seconds']:.1f} s wall (Ray start, deploy, "
                   f"one job, stop), {serve['mp4_bytes']} mp4 bytes."]
+    if "weight_swap" in ok:
+        swap = ok["weight_swap"]
+        lines += ["", "## Weight swap", "", f"{swap['size']} ({swap['GB per model']} GB a model, {swap['host memory']} "
+                  f"host memory): {swap['median s']} s a swap, {swap['GB/s']} GB/s; the whole transformer, "
+                  "extrapolated: " + ", ".join(f"{value} s" for key, value in swap.items()
+                                                if key.startswith("full model") and value is not None) + "."]
     lines += ["", "## Parts, in the order they ran", "", "| part | status | seconds | expected on one H100 (s) | note |",
               "| --- | --- | --- | --- | --- |"]
     for name, part in parts.items():

@@ -3,7 +3,8 @@
 # parts in the order of their value, each under a time limit; see benchmarks/gpu/quick.py):
 #
 #   benchmarks/gpu/run.sh quick        every figure below, shortened: DiT variants over a few steps, memory,
-#                                      step cache on a short run, a short e2e video + sim profile, a Serve job
+#                                      step cache on a short run, a short e2e video + sim profile, a Serve job,
+#                                      a weight swap (T2V <-> I2V) from pinned host memory
 #   benchmarks/gpu/run.sh quick --dry-run   the same code on the tiny preset, CPU, float32, in seconds
 #
 # The full steps, one per call so that each fits in 10 minutes on one H100:

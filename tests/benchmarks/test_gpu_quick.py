@@ -13,7 +13,7 @@ ROOT = Path(__file__).parents[2]
 GPU_BENCHMARKS = ROOT / "benchmarks" / "gpu"
 # the order of value: a run cut short keeps the first ones
 PARTS = ["environment", "dit_diffusers", "dit_lossless", "dit_cudnn", "dit_fp8_dynamic", "memory_offload",
-         "step_cache", "end_to_end", "serve_job"]
+         "step_cache", "end_to_end", "serve_job", "weight_swap"]
 NEEDS_CUDA = {"dit_cudnn", "dit_fp8_dynamic"}
 
 
@@ -51,6 +51,7 @@ def test_dry_run_measures_every_part_and_writes_the_report(tmp_path: Path, gpu_b
     assert {"text_encode", "image_encode", "denoise", "decode", "mux"} <= set(stages)
     assert all(seconds > 0 for seconds in stages.values())
     assert figures["serve_job"]["seconds"] > 0 and figures["serve_job"]["mp4_bytes"] > 0
+    assert figures["weight_swap"]["swaps"] == 6 and figures["weight_swap"]["median s"] > 0
     assert [target["met"] for target in report["targets"]] == [None] * 6  # a dry run judges nothing
 
     markdown = (tmp_path / "quick_dry_run.md").read_text()
