@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from skyreels.lora.check import AdapterInfo, check_adapters, check_layers
 from skyreels.lora.files import read_adapter, resolve_adapter
 from skyreels.lora.spec import LoraSpec
@@ -94,7 +96,9 @@ class AdapterCache:
     def _load(self, name: str, path: Path) -> None:
         state, metadata = read_adapter(path)
         check_layers(state, self.transformer.config, str(path))
-        with warnings.catch_warnings():
+        # Made in inference mode, the layers would be inference tensors, whose requires_grad PEFT sets when it
+        # switches adapters on: an error outside inference mode. The loader's caller may hold it (a gang rank).
+        with warnings.catch_warnings(), torch.inference_mode(False):
             for notice in PEFT_NOTICES:
                 warnings.filterwarnings("ignore", message=notice)
             self.transformer.load_lora_adapter(state, adapter_name=name, metadata=metadata)

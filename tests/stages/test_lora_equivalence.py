@@ -132,3 +132,15 @@ def test_cancelled_run_switches_its_adapters_off(tiny_t2v_dir: Path, t2v_request
     next(steps)
     steps.close()  # a cancel between two steps
     assert torch.equal(pipe.generate(t2v_request).latents, fresh(t2v_request))
+
+
+def test_adapters_loaded_in_inference_mode(tiny_t2v_dir: Path, t2v_request: GenerationRequest, loras: dict,
+                                           fresh: Callable) -> None:
+    """A caller holding inference mode (a gang rank, a Serve worker) may load them; they still switch on and off."""
+    pipe = LocalPipeline.from_pretrained(tiny_t2v_dir)
+    request = with_loras(t2v_request, (loras["x"], 0.8))
+    with torch.inference_mode():
+        assert pipe.denoise.load_adapters(request.loras) > 0.0
+    assert torch.equal(pipe.generate(request).latents, fresh(request))
+    with torch.inference_mode():
+        assert torch.equal(pipe.generate(t2v_request).latents, fresh(t2v_request))
