@@ -11,7 +11,9 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from skyreels import GenerationRequest, LocalPipeline
-from skyreels.lora import AdapterError, LoraSpec, inspect_adapter, resolve_adapter, unsupported_with
+from skyreels.lora import (
+    AdapterError, LoraSpec, check_adapters, inspect_adapter, resolve_adapter, unsupported_with,
+)
 from skyreels.lora.check import _inspect_file
 from skyreels.models import ModelSettings
 from skyreels.optimize import OptimizeConfig
@@ -139,6 +141,12 @@ def test_lora_of_another_hidden_size_refused(tmp_path: Path, config: dict) -> No
     refused(str(path), config, r"does not fit this transformer \(made for another model\?\): "
                                r"context_embedder.token_refiner.refiner_blocks.0.attn.to_q.lora_A.weight has shape "
                                r"\(4, 96\), context_embedder.token_refiner.refiner_blocks.0.attn.to_q needs \(4, 120\)")
+
+
+def test_one_file_twice_refused(lora: Path, config: dict) -> None:
+    twice = [LoraSpec(source=str(lora)), LoraSpec(source=str(lora.parent), scale=0.5)]
+    with pytest.raises(AdapterError, match="the same LoRA file twice in one request"):
+        check_adapters(twice, config, OptimizeConfig())
 
 
 def test_unsupported_optimisations_are_named() -> None:

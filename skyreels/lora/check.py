@@ -23,7 +23,7 @@ LAYER_PARTS = ("lora_A.weight", "lora_B.weight", "lora_B.bias")  # lora_B.bias: 
 @dataclass(frozen=True)
 class AdapterInfo:
     source: str
-    path: Path  # the local file
+    path: Path  # the local file, absolute
     rank: int  # the largest rank of its layers
     targets: tuple[str, ...]  # the transformer modules it changes
     parameters: int
@@ -66,9 +66,9 @@ def inspect_adapter(source: str, transformer_config: Mapping[str, Any],
                     settings: ModelSettings | None = None) -> AdapterInfo:
     """Resolves `source` (downloading a URL or Hub id once) and checks it against a transformer of that config;
     raises AdapterError with the reason when it is not a LoRA or does not fit."""
-    path = resolve_adapter(source, settings)
+    path = resolve_adapter(source, settings).resolve()
     stat = path.stat()
-    rank, targets, parameters = _inspect_file(str(path.resolve()), stat.st_mtime_ns, _config_key(transformer_config))
+    rank, targets, parameters = _inspect_file(str(path), stat.st_mtime_ns, _config_key(transformer_config))
     return AdapterInfo(source=source, path=path, rank=rank, targets=targets, parameters=parameters,
                        size_bytes=stat.st_size)
 
