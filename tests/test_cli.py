@@ -189,8 +189,8 @@ def test_console_script_runs_as_module(in_tmp: Path) -> None:
 
 
 def test_lora_flags_parse_source_and_scale() -> None:
-    args = build_parser().parse_args(["generate", "--prompt", "x", "--lora", "style.safetensors",
-                                      "--lora", "s3://bucket/x.safetensors:0.7", "--lora", "https://host/y.safetensors"])
+    args = build_parser().parse_args(["generate", "--prompt", "x", "--lora", "style.safetensors", "--lora",
+                                      "s3://bucket/x.safetensors:0.7", "--lora", "https://host/y.safetensors"])
     assert args.lora == [LoraSpec(source="style.safetensors"), LoraSpec(source="s3://bucket/x.safetensors", scale=0.7),
                          LoraSpec(source="https://host/y.safetensors")]
     assert build_parser().parse_args(["generate", "--prompt", "x"]).lora is None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from skyreels.lora.check import AdapterInfo, check_adapters, check_layers
+from skyreels.lora.check import AdapterInfo, check_adapters
 from skyreels.lora.files import read_adapter, resolve_adapter
 from skyreels.lora.spec import LoraSpec
 from skyreels.models import ModelSettings
@@ -57,8 +57,8 @@ class AdapterCache:
 
     def load(self, loras: Sequence[LoraSpec]) -> float:
         """Loads the adapters of `loras` not loaded yet; returns the seconds spent (0.0 when all were loaded)."""
-        self.check(loras)
         start = time.perf_counter()
+        self.check(loras)
         wanted = {self._name(lora): lora for lora in loras}
         new = [name for name in wanted if name not in self._loaded]
         for name in wanted:
@@ -94,8 +94,7 @@ class AdapterCache:
             self.transformer.delete_adapters(name)
 
     def _load(self, name: str, path: Path) -> None:
-        state, metadata = read_adapter(path)
-        check_layers(state, self.transformer.config, str(path))
+        state, metadata = read_adapter(path)  # checked by `load`
         # Made in inference mode, the layers would be inference tensors, whose requires_grad PEFT sets when it
         # switches adapters on: an error outside inference mode. The loader's caller may hold it (a gang rank).
         with warnings.catch_warnings(), torch.inference_mode(False):

@@ -74,11 +74,11 @@ def test_original_hunyuan_video_keys_are_converted(t2v_pipeline: LocalPipeline, 
     layers = load_file(loras["x"])
     block = "transformer.transformer_blocks.0.attn"
     original = {
-        f"diffusion_model.double_blocks.0.img_attn_qkv.lora_A.weight": layers[f"{block}.to_q.lora_A.weight"],
-        f"diffusion_model.double_blocks.0.img_attn_qkv.lora_B.weight": torch.cat(
+        "diffusion_model.double_blocks.0.img_attn_qkv.lora_A.weight": layers[f"{block}.to_q.lora_A.weight"],
+        "diffusion_model.double_blocks.0.img_attn_qkv.lora_B.weight": torch.cat(
             [layers[f"{block}.to_{p}.lora_B.weight"] for p in "qkv"]),
-        f"diffusion_model.double_blocks.0.img_attn_proj.lora_A.weight": layers[f"{block}.to_out.0.lora_A.weight"],
-        f"diffusion_model.double_blocks.0.img_attn_proj.lora_B.weight": layers[f"{block}.to_out.0.lora_B.weight"],
+        "diffusion_model.double_blocks.0.img_attn_proj.lora_A.weight": layers[f"{block}.to_out.0.lora_A.weight"],
+        "diffusion_model.double_blocks.0.img_attn_proj.lora_B.weight": layers[f"{block}.to_out.0.lora_B.weight"],
     }
     save_file(original, tmp_path / "comfy.safetensors")
     request = with_loras(t2v_request, (tmp_path / "comfy.safetensors", 1.0))
