@@ -141,8 +141,10 @@ def tiny_transformer(task: Task, **changes) -> HunyuanVideoTransformer3DModel:
 
 def make_tiny_lora(path: str | Path, task: Task | str = Task.T2V, rank: int = 4, seed: int = 0,
                    targets: tuple[str, ...] = LORA_TARGETS) -> Path:
-    """A LoRA for the tiny preset's DiT, written as diffusers writes one; returns its file. Same seed, same bytes."""
-    return write_lora(tiny_transformer(Task(task)), path, rank, seed, targets)
+    """A LoRA for the tiny preset's DiT, written as diffusers writes one; returns its file. Same seed, same tensors."""
+    with torch.random.fork_rng(devices=[]):  # the caller's generator stays as it was
+        transformer = tiny_transformer(Task(task))  # only its shapes matter
+    return write_lora(transformer, path, rank, seed, targets)
 
 
 def write_lora(transformer: HunyuanVideoTransformer3DModel, path: str | Path, rank: int, seed: int,
