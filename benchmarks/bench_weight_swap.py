@@ -69,7 +69,7 @@ def main() -> None:
     lines = ["# Weight swap (T2V <-> I2V transformer, in place)", "", f"Device: {device}; {report['versions']}",
              f"Command: `{report['command']}`",
              f"Load average at the end (1/5/15 min, {os.cpu_count()} CPUs): {report['load_average_1_5_15_min']}", "",
-             markdown_table(rows), "", *NOTES]
+             markdown_table(rows), "", *[f"- {note}" for note in NOTES]]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
