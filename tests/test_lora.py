@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -171,3 +172,12 @@ def test_pipeline_refuses_before_running(tiny_t2v_dir: Path, lora: Path, t2v_req
     with pytest.raises(AdapterError, match="not found"):
         LocalPipeline.from_pretrained(tiny_t2v_dir).generate(missing, on_step=steps.append)
     assert steps == []
+
+
+def test_the_sim_takes_requests_with_adapters() -> None:
+    """The sim's DiT has no weights: a request's adapters are taken, load in no time and change nothing."""
+    pipe = LocalPipeline.from_pretrained("sim?time_factor=0.0001")
+    request = GenerationRequest(prompt="a red fox", seed=7, height=64, width=64, num_frames=9, num_inference_steps=2)
+    styled = request.model_copy(update={"loras": [LoraSpec(source="style.safetensors", scale=0.5)]})
+    assert pipe.denoise.load_adapters(styled.loras) == 0.0
+    assert np.array_equal(pipe.generate(styled).frames, pipe.generate(request).frames)
