@@ -20,7 +20,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
 
-from skyreels.lora import MAX_LORAS, AdapterError, LoraSpec, inspect_adapter
+from skyreels.lora import MAX_LORAS, AdapterError, AdapterInfo, LoraSpec, inspect_adapter
 from skyreels.loader import stage_loader
 from skyreels.models import ServedModel
 
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 SUFFIX = ".safetensors"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$"
+INPUT_PROJECTION = "x_embedder"
 RESCAN_S = 10.0  # a listing older than this is read again; an unknown name always is
 
 
@@ -136,11 +137,20 @@ class AdapterRegistry:
         if key not in self._checks:
             try:
                 info = inspect_adapter(entry.url, self._config_of(model))
-                self._checks[key] = AdapterCard(id=entry.name, models=[model.id], rank=info.rank,
-                                                size_bytes=entry.size_bytes)
             except AdapterError as error:  # named as clients know it, not by the server's path
                 self._checks[key] = str(error).replace(entry.url, repr(entry.name))
+            else:
+                self._checks[key] = self._swappable(info) or AdapterCard(
+                    id=entry.name, models=[model.id], rank=info.rank, size_bytes=entry.size_bytes)
         return self._checks[key]
+
+    def _swappable(self, info: AdapterInfo) -> str | None:
+        """Why an adapter cannot stay loaded on a gang that swaps between the served models, or None. Its layers
+        stay across swaps, and the input projection is the one layer whose shape differs between T2V and I2V."""
+        if len(self.served_models) > 1 and any(target.startswith(INPUT_PROJECTION) for target in info.targets):
+            return (f"it changes the input projection ({INPUT_PROJECTION}), whose shape differs between the served "
+                    "models, which share each gang")
+        return None
 
     def _config_of(self, model: ServedModel) -> dict:
         if model.id not in self._configs:

@@ -109,6 +109,7 @@ def test_a_merged_lora_adapter_is_refused(tiny_t2v_dir: Path, tiny_i2v_dir: Path
         bank.activate(Task.I2V)
 
 
+@pytest.mark.slow  # compiles the tiny DiT's blocks on the CPU
 def test_compiled_blocks_stay_valid_across_swaps(tiny_t2v_dir: Path, tiny_i2v_dir: Path, inputs: Inputs,
                                                  tmp_path: Path) -> None:
     """Swapped T2V -> I2V -> T2V -> I2V -> T2V under regional compile equal fresh uncompiled stages. The blocks

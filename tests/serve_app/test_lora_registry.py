@@ -100,3 +100,10 @@ def test_a_multipart_body_gives_loras_as_a_json_array() -> None:
     assert loras_field('[{"name": "glow", "scale": 0.5}]') == [{"name": "glow", "scale": 0.5}]
     with pytest.raises(InvalidRequest, match="give a JSON array"):
         loras_field("glow:0.5")
+
+
+def test_an_adapter_of_the_input_projection_is_refused_where_gangs_swap_models(tmp_path: Path) -> None:
+    write_lora(tiny_transformer(Task.T2V), tmp_path / "patchy", rank=2, seed=6, targets=("x_embedder.proj", "to_q"))
+    (card,) = AdapterRegistry(str(tmp_path), [T2V, I2V]).cards()
+    assert card.models == [] and "input projection (x_embedder)" in card.problem
+    assert AdapterRegistry(str(tmp_path), [T2V]).cards()[0].models == [T2V.id]  # one model: no swaps

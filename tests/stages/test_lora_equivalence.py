@@ -18,6 +18,8 @@ from skyreels.stages.denoise import DenoiseParams
 from skyreels.tiny import make_tiny_lora
 from test_diffusers_equivalence import max_abs_diff, reference_components, reference_frames
 
+pytestmark = pytest.mark.slow  # diffusers' pipelines beside ours, each video twice or more
+
 VISIBLE = 10  # a LoRA moves the frames by far more than the 1/255 the comparisons allow
 
 
