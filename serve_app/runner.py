@@ -388,7 +388,7 @@ class JobRunner:
         return job
 
     def _retry_after(self, queued: int) -> int:
-        durations = [j.completed_at - j.started_at for j in self.store.in_status(JobStatus.COMPLETED)[-10:]
+        durations = [j.completed_at - j.started_at for j in self.store.last_completed(10)
                      if j.started_at is not None and j.completed_at is not None]
         average = sum(durations) / len(durations) if durations else 30.0
         return max(1, round(average * queued / self.policy.max_running_jobs))

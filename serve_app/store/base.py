@@ -247,6 +247,13 @@ class JobStore(ABC):
             rows = db.all(f"SELECT data FROM jobs WHERE {status} ORDER BY created_at, id", params)
         return [Job.model_validate_json(r[0]) for r in rows]
 
+    def last_completed(self, limit: int) -> list[Job]:
+        """The `limit` jobs that completed last, newest first."""
+        with self._reading() as db:
+            rows = db.all("SELECT data FROM jobs WHERE status = ? ORDER BY completed_at DESC LIMIT ?",
+                          [JobStatus.COMPLETED.value, limit])
+        return [Job.model_validate_json(r[0]) for r in rows]
+
     def count(self, *statuses: JobStatus) -> int:
         """How many jobs are in any of these statuses (all jobs if none are given)."""
         status, params = _status_in(statuses)

@@ -157,6 +157,13 @@ def test_in_status_oldest_first_and_count(store: JobStore):
     assert store.count() == 4
 
 
+def test_last_completed_is_by_completion_not_submission(store: JobStore):
+    for job_id, created_at, completed_at in (("a", 1.0, 30.0), ("b", 2.0, 10.0), ("c", 3.0, 20.0)):
+        store.add(make_job(job_id, created_at=created_at, status=JobStatus.COMPLETED, completed_at=completed_at))
+    store.add(make_job("queued", created_at=4.0))
+    assert [job.id for job in store.last_completed(2)] == ["a", "c"]
+
+
 def test_concurrent_updates_from_threads(store: JobStore):
     for i in range(8):
         store.add(make_job(f"j{i}"))
