@@ -21,7 +21,7 @@ from diffusers import (
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, PreTrainedTokenizerFast
 
-from skyreels.lora.files import DIFFUSERS_WEIGHT_NAME
+from skyreels.lora.spec import DIFFUSERS_WEIGHT_NAME
 from skyreels.request import Task
 from skyreels.stages.text import PROMPT_TEMPLATE
 

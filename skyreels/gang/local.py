@@ -11,9 +11,7 @@ import logging
 import pickle
 import queue
 import time
-import traceback
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +20,8 @@ import torch.multiprocessing as mp
 
 from skyreels.gang.commands import Command, Decode, Denoise, EncodeImage, EncodeText, ranks_for
 from skyreels.gang.process import rank_process
-from skyreels.gang.rank import GangRank, RankSpec
+from skyreels.gang.rank import RankSpec
+from skyreels.gang.rank_loop import DEATH_POLL_S, Answered, Failed, Ready
 from skyreels.parallel.group import free_port
 from skyreels.progress import StepProgress
 from skyreels.recipe import Denoised
@@ -33,23 +32,6 @@ from skyreels.stages.denoise import DenoiseParams
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 600.0
-DEATH_POLL_S = 2.0  # how often a silent gang is checked for dead ranks, and an idle rank for a dead driver
-
-
-@dataclass(frozen=True)
-class _Ready:
-    rank: int
-
-
-@dataclass(frozen=True)
-class _Answered:
-    """Rank 0 has sent every item of its answer to the last command."""
-
-
-@dataclass(frozen=True)
-class _Failed:
-    rank: int
-    error: str
 
 
 class LocalGang:
@@ -76,7 +58,7 @@ class LocalGang:
             process.start()
         ready = 0
         while ready < spec.world_size:
-            ready += isinstance(self._next_message(STARTUP_TIMEOUT_S), _Ready)
+            ready += isinstance(self._next_message(STARTUP_TIMEOUT_S), Ready)
         logger.info("local gang of %d ranks ready", spec.world_size)
 
     def run(self, command: Command) -> Iterator[Any]:
@@ -84,7 +66,7 @@ class LocalGang:
         self._stop.clear()
         for rank in ranks_for(command, self.spec.world_size):
             self._commands[rank].put(command)
-        while not isinstance(message := self._next_message(None), _Answered):
+        while not isinstance(message := self._next_message(None), Answered):
             yield message
 
     def stop_steps(self) -> None:
@@ -116,7 +98,7 @@ class LocalGang:
                     self.close()
                     raise RuntimeError(f"the local gang sent nothing for {timeout_s:.0f} s")
                 continue
-            if isinstance(message, _Failed):
+            if isinstance(message, Failed):
                 dead = self._exited_ranks()
                 self.close()
                 cause = f"gang ranks exited (name: exit code) {dead}, then " if dead else ""
@@ -160,31 +142,3 @@ class LocalGangStages:
         (answer,) = self.gang.run(command)
         return answer
 
-
-def _next_command(commands) -> Command | None:
-    """The next command; None to stop, also when the driver is gone (killed: nobody would ever send one)."""
-    while True:
-        try:
-            return commands.get(timeout=DEATH_POLL_S)
-        except queue.Empty:
-            if not mp.parent_process().is_alive():
-                logger.warning("the process driving this gang exited; rank stops")
-                return None
-
-
-def rank_main(spec: RankSpec, rank: int, port: int, commands, answers, stop) -> None:
-    gang_rank = None
-    try:
-        gang_rank = GangRank(spec, rank, cuda_index=rank, stop=stop)
-        gang_rank.join("127.0.0.1", port)
-        answers.put(_Ready(rank))
-        while (command := _next_command(commands)) is not None:
-            for item in gang_rank.run(command):
-                answers.put(item)
-            if gang_rank.is_main:
-                answers.put(_Answered())
-    except Exception:  # noqa: BLE001 - report every failure to the driver, which stops the gang
-        answers.put(_Failed(rank, traceback.format_exc()))
-    finally:
-        if gang_rank is not None:
-            gang_rank.close()

@@ -16,6 +16,6 @@ from skyreels.logs import configure_logging
 def rank_process(verbose: bool, spec_blob: bytes, rank: int, port: int, commands: Any, answers: Any,
                  stop: Any) -> None:
     configure_logging(verbose)
-    from skyreels.gang.local import rank_main  # the heavy imports, now under our logging
+    from skyreels.gang.rank_loop import rank_main  # the heavy imports, now under our logging
 
     rank_main(pickle.loads(spec_blob), rank, port, commands, answers, stop)

@@ -11,13 +11,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from skyreels.lora.spec import AdapterError
+from skyreels.lora.spec import DIFFUSERS_WEIGHT_NAME, AdapterError
 from skyreels.models import ModelNotAvailableError, ModelSettings, hub_snapshot
 
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".safetensors"
-DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 ACCEPTED = ("a local .safetensors file, a directory holding one, an fsspec URL (s3://, gs://, https://, ...) "
             "or a Hugging Face Hub id (owner/name)")

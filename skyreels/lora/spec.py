@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_LORAS = 4  # adapters in one request
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 # Negative scales subtract an adapter's direction (slider LoRAs); past 4 an adapter trained at 1 gives noise.
 MIN_SCALE, MAX_SCALE = -4.0, 4.0
 
