@@ -143,10 +143,6 @@ class Denoiser:
         frames = [item async for item in self._run(Decode(latents))][0]
         return await asyncio.to_thread(store_video, self.artifacts, job_id, frames, fps, time.perf_counter() - start)
 
-    async def ready(self) -> bool:
-        """The gang is built and whole: it can take work."""
-        return self._dead is None
-
     async def check_health(self) -> None:
         if self._dead:
             raise GangWorkerDied(self._dead)

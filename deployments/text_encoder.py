@@ -27,10 +27,6 @@ class TextEncoder:
             "skyreels_text_encoder_batch_prompts", description="Prompts gathered into one TextEncoder batch.",
             boundaries=[1, 2, 4, 8, 16, 32, 64])
 
-    async def ready(self) -> bool:
-        """Constructed means loaded: this replica can take work."""
-        return True
-
     async def encode(self, prompt: str, negative_prompt: str | None) -> Conditioning:
         if negative_prompt is None:
             return Conditioning(positive=await self._encode_batch(prompt))

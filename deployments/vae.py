@@ -23,10 +23,6 @@ class Vae:
         self.artifacts = ArtifactStore(artifact_url)
         self._lock = asyncio.Lock()
 
-    async def ready(self) -> bool:
-        """Constructed means loaded: this replica can take work."""
-        return True
-
     async def encode_image(self, image: Image.Image, height: int, width: int, seed: int) -> ImageCondition:
         async with self._lock:
             condition = await asyncio.to_thread(self.stage.encode_image, image, height, width, seed)

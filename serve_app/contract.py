@@ -150,7 +150,8 @@ class ExtendParams(BaseModel):
 
 
 class Readiness(BaseModel):
-    """GET /readyz: 200 only when every stage can take work; 503 (same body) until then."""
+    """GET /readyz: 200 only when every stage can take work and the job store answers; 503 (same body) otherwise."""
 
     ready: bool
-    stages: dict[str, bool] = Field(description="Each stage: a replica answered that it can take work.")
+    stages: dict[str, bool] = Field(description="Each stage: Serve runs a healthy replica of it (busy or not).")
+    store: bool = Field(description="The job store answered.")

@@ -26,27 +26,28 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from ray import serve
+from ray.serve.schema import ReplicaState
 from starlette.exceptions import HTTPException
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Match
 
 from serve_app.auth import AccessConfig, ApiKeys, RequestGate, install_request_id_logging
+from serve_app.bodies import BodyGuard, error_response
 from serve_app.contract import ExtendParams, ModelList, Readiness, RemixParams, Video, VideoDeleted, VideoList
 from serve_app.idempotency import HEADER, fingerprint, once
 from serve_app.limits import SubmitLimits
 from serve_app.metrics import JobMetrics
 from serve_app.openapi import CONTENT, EXTEND_BODY, IDEMPOTENT, SUBMIT_BODY, errors, install_openapi
 from serve_app.loras import AdapterList, AdapterRegistry
-from serve_app.requests import ApiError, UploadLimits, image_of, loras_field, parse, read_fields
+from serve_app.requests import ApiError, UploadLimits, image_of, loras_field, parse, read_fields, validation_message
 from serve_app.retention import RetentionConfig, sweep_forever
 from serve_app.runner import JobPolicy, JobRunner, QueueFull
-from serve_app.schemas import Job, VideoCreateParams
+from serve_app.schemas import Job, JobStatus, VideoCreateParams
 from serve_app.service import MEDIA_TYPES, Variant, VideoService
 from serve_app.store import JobStore, open_store
 from serve_app.webhooks import WebhookConfig, WebhookSender
 from skyreels.artifacts import ArtifactStore
 from skyreels.models import ServedModel
-from skyreels.validation import describe_errors
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,11 @@ def _replica_access() -> tuple[ApiKeys, AccessConfig]:
     return serve.get_replica_context().servable_object.access
 
 
+def _replica_body_limit() -> int:
+    return serve.get_replica_context().servable_object.uploads.max_body_bytes
+
+
+app.add_middleware(BodyGuard, limit=_replica_body_limit)  # inside RequestGate: a request without a key is not read
 app.add_middleware(RequestGate, access=_replica_access, proxy_echoes=True)
 
 
@@ -114,10 +120,6 @@ def _owner(request: Request) -> str | None:
 Owner = Annotated[str | None, Depends(_owner)]
 
 
-def error_response(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code, headers=headers)
-
-
 def _json(model: BaseModel, status_code: int = 200) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json"), status_code=status_code)
 
@@ -142,7 +144,7 @@ async def _on_queue_full(_: Request, error: QueueFull) -> JSONResponse:
 @app.exception_handler(RequestValidationError)
 async def _on_validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
     # loc starts with where the value came from ("body", "query"); the client knows the field by name
-    return error_response(422, "invalid_request", describe_errors(error.errors(), skip_loc=1, whole="body"))
+    return error_response(422, "invalid_request", validation_message(list(error.errors()), skip_loc=1, whole="body"))
 
 
 @app.exception_handler(HTTPException)
@@ -154,11 +156,26 @@ async def _on_http_error(request: Request, error: HTTPException) -> JSONResponse
     return error_response(error.status_code, code, str(error.detail), headers=headers)
 
 
-async def _answers(stage: Any) -> bool:
-    """A replica of the stage says it can take work, within READY_PROBE_S."""
+async def _live_stages(app_name: str, stages: dict[str, Any]) -> dict[str, bool]:
+    """Each stage: Serve's controller counts a RUNNING replica of it, one that was built and passes its health
+    checks (a gang with a dead worker fails them). This never waits behind the stage's work, as a call would."""
     try:
-        return await asyncio.wait_for(stage.ready.remote(), READY_PROBE_S)
-    except Exception:  # noqa: BLE001 - no replica yet, one still starting, or a broken one: not ready, whatever the cause
+        status = await asyncio.wait_for(asyncio.to_thread(serve.status), READY_PROBE_S)
+        deployments = status.applications[app_name].deployments
+    except Exception:  # noqa: BLE001 - the controller did not answer in time: nothing is known to be live
+        logger.warning("readiness: Serve's controller did not answer", exc_info=True)
+        return {name: False for name in stages}
+    return {name: stage.deployment_name in deployments
+            and deployments[stage.deployment_name].replica_states.get(ReplicaState.RUNNING, 0) > 0
+            for name, stage in stages.items()}
+
+
+async def _store_answers(store: JobStore) -> bool:
+    try:
+        await asyncio.wait_for(asyncio.to_thread(store.count, JobStatus.QUEUED), READY_PROBE_S)
+        return True
+    except Exception:  # noqa: BLE001 - unreachable, locked, or too slow: the store cannot take work now
+        logger.warning("readiness: the job store did not answer", exc_info=True)
         return False
 
 
@@ -263,12 +280,13 @@ class VideoIngress:
     @app.get("/readyz", operation_id="readyz", response_model=Readiness,
              responses={503: {"model": Readiness, "description": "A stage cannot take work yet (jobs still queue)."}})
     async def readyz(self) -> JSONResponse:
-        """200 only when every stage can take work (the gang built and whole) and the queue is recovered; jobs
-        submitted before that wait in the queue."""
+        """200 when the app can take work: every stage has a live replica (the gang built and whole), however busy
+        (jobs queue), the job store answers and the queue is recovered. 503 otherwise; jobs submitted then wait."""
         started = self._runner_started()
-        answers = await asyncio.gather(*(_answers(stage) for stage in self.stages.values()))
-        readiness = Readiness(ready=started.done() and started.exception() is None and all(answers),
-                              stages=dict(zip(self.stages, answers, strict=True)))
+        stages, store = await asyncio.gather(_live_stages(serve.get_replica_context().app_name, self.stages),
+                                             _store_answers(self.store))
+        recovered = started.done() and started.exception() is None
+        readiness = Readiness(ready=recovered and store and all(stages.values()), stages=stages, store=store)
         return _json(readiness, status_code=200 if readiness.ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
@@ -287,7 +305,7 @@ class VideoIngress:
     @app.post("/v1/videos", status_code=202, operation_id="createVideo", response_model=Video,
               openapi_extra=SUBMIT_BODY, responses=errors(400, 401, 409, 413, 415, 422, 429))
     async def http_create(self, request: Request, owner: Owner) -> JSONResponse:
-        fields, typed = await read_fields(request, self.uploads.max_body_bytes)
+        fields, typed = await read_fields(request)
 
         async def submit() -> Video:
             image = image_of(fields.get("input_reference"), self.uploads)
@@ -308,7 +326,7 @@ class VideoIngress:
     @app.post("/v1/videos/extensions", status_code=202, operation_id="extendVideo", response_model=Video,
               openapi_extra=EXTEND_BODY, responses=errors(400, 401, 404, 409, 413, 415, 422, 429))
     async def http_extend(self, request: Request, owner: Owner) -> JSONResponse:
-        fields, typed = await read_fields(request, self.uploads.max_body_bytes)
+        fields, typed = await read_fields(request)
         return await self._once(request, owner, fields,
                                 lambda: self.service.extend(parse(ExtendParams, fields, typed), owner))
 

@@ -18,12 +18,13 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from serve_app.bodies import nests_deeper, too_deep_message
 from serve_app.model_cards import model_card
 from serve_app.loras import AdapterRefused, AdapterRegistry, AppliedLora
 from serve_app.schemas import SHARED_FIELDS, Job, VideoCreateParams
 from skyreels.models import SERVED_MODEL_IDS, ServedModel
 from skyreels.request import MAX_FRAMES, GenerationRequest
-from skyreels.validation import describe_validation_error
+from skyreels.validation import describe_errors
 
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
 DATA_URL_PATTERN = re.compile(r"^data:image/[\w.+-]+;base64,(.*)$", re.DOTALL)
@@ -74,10 +75,10 @@ class InvalidRequest(ApiError):
         super().__init__(message, status_code, code)
 
 
-async def read_fields(request: Request, max_body_bytes: int) -> tuple[dict[str, Any], bool]:
+async def read_fields(request: Request) -> tuple[dict[str, Any], bool]:
     """A JSON object, or a form's fields (files as bytes, `a[b]` keys as nested objects, empty fields left out),
-    and whether its values are typed (JSON) rather than all text (a form). 413 for a body over `max_body_bytes`."""
-    await _read_body(request, max_body_bytes)
+    and whether its values are typed (JSON) rather than all text (a form). BodyGuard has limited the body's
+    size and nesting before this reads it."""
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type in FORM_TYPES:
         try:
@@ -100,34 +101,22 @@ async def read_fields(request: Request, max_body_bytes: int) -> tuple[dict[str, 
                              "unsupported_media_type")
     try:
         body = await request.json()
-    except ValueError as error:  # not JSON, or not UTF-8
+    except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, or unmatched brackets nested deep
         raise InvalidRequest(f"the body is not valid JSON ({error})", 400, "invalid_json") from error
     if not isinstance(body, dict):
         raise InvalidRequest(f"the body must be a JSON object, not {type(body).__name__}")
     return body, True
 
 
-async def _read_body(request: Request, limit: int) -> None:
-    """Reads the body, up to `limit` bytes, before anything parses it (parsers then read it from the request)."""
-    too_large = InvalidRequest(f"the body is larger than {limit // 2**20} MiB (the image limit, as a data URL, "
-                               "plus the fields)", 413, "body_too_large")
-    if int(request.headers.get("content-length") or 0) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    request._body = bytes(body)  # Starlette's own cache of the body, which json() and form() read
-
-
 def loras_field(text: Any) -> Any:
     """A multipart body's `loras`: a JSON array, as a JSON body gives it."""
     if not isinstance(text, str):
         return text
+    if nests_deeper(text.encode()):
+        raise InvalidRequest(too_deep_message("loras"), 400, "invalid_json")
     try:
         return json.loads(text)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise InvalidRequest(f"loras: in a multipart body, give a JSON array such as "
                              f'[{{"name": "style", "scale": 0.8}}] ({error})') from error
 
@@ -153,7 +142,7 @@ def parse(model: type[Model], fields: dict[str, Any], typed: bool = True) -> Mod
     try:
         return model.model_validate(fields, strict=typed)
     except ValidationError as error:
-        raise InvalidRequest(validation_message(error)) from error
+        raise InvalidRequest(validation_message(error.errors(), model)) from error
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -221,7 +210,7 @@ def new_job(params: VideoCreateParams, image: Image.Image | None, served_models:
     try:
         request = to_generation_request(params, image, loras).with_seed()
     except ValidationError as error:
-        raise InvalidRequest(validation_message(error)) from error
+        raise InvalidRequest(validation_message(error.errors())) from error
     job = Job(
         # hex nanoseconds first: ids sort in submit order, as pages do
         id=f"video_{time.time_ns():016x}{secrets.token_hex(8)}",
@@ -282,6 +271,15 @@ def to_generation_request(source: VideoCreateParams | Job, image: Image.Image | 
 BODY_NAMES = {"height": "size", "width": "size", "image": "input_reference", "task": "model"}
 
 
-def validation_message(error: ValidationError) -> str:
-    """One line per rule broken, naming the field the client sent."""
-    return describe_validation_error(error, rename=BODY_NAMES)
+def validation_message(errors: list[Any], model: type[BaseModel] | None = None, skip_loc: int = 0,
+                       whole: str = "request") -> str:
+    """One line per rule broken (pydantic's error dicts), naming the field the client sent; fields `model` does
+    not have are named first, with those it has (as OpenAI's API does: a misspelt field does not go unnoticed).
+    `skip_loc` drops leading loc parts (FastAPI's "body"), `whole` names an error about no one field."""
+    unknown = [".".join(map(str, item["loc"][skip_loc:])) for item in errors if item["type"] == "extra_forbidden"]
+    known = [item for item in errors if item["type"] != "extra_forbidden"]
+    lines = [describe_errors(known, rename=BODY_NAMES, skip_loc=skip_loc, whole=whole)] if known else []
+    if unknown:
+        allowed = f"; the fields are: {', '.join(model.model_fields)}" if model is not None else ""
+        lines.insert(0, f"unrecognized field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{allowed}")
+    return "; ".join(lines)

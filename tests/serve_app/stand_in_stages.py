@@ -82,13 +82,10 @@ class Stages:
         self.decoded[job_id] += 1
         return StoredVideo(decode_seconds=0.01, mux_seconds=0.01)
 
-    async def ready(self):
-        return True
-
     def handles(self) -> tuple[Handle, Handle, Handle]:
-        text = Handle(encode=self.encode, ready=self.ready)
-        denoiser = Handle(denoise=self.denoise, ready=self.ready)
-        vae = Handle(decode_to_storage=self.decode_to_storage, ready=self.ready)
+        text = Handle(encode=self.encode)
+        denoiser = Handle(denoise=self.denoise)
+        vae = Handle(decode_to_storage=self.decode_to_storage)
         return text, denoiser, vae
 
 

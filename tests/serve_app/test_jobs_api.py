@@ -102,7 +102,7 @@ def test_random_seed_is_reported(client: VideoClient) -> None:
         (dict(prompt="   "), 422, "prompt: prompt must not be blank"),
         (dict(model="skyreels-v1-i2v"), 422, "task i2v requires an image (the first frame to animate)"),
         (dict(model="sora"), 400, "unknown model 'sora'; available models: skyreels-v1-t2v, skyreels-v1-i2v"),
-        (dict(steps=4), 422, "steps: Extra inputs are not permitted"),
+        (dict(steps=4), 422, "unrecognized field steps; the fields are: model, size, seconds, "),
         (dict(seconds="1"), 422, "give seconds or num_frames, not both"),
         (dict(input_reference="data:text/plain;base64,aGk="), 422, "input_reference must be a data URL"),
         (dict(model="skyreels-v1-i2v", input_reference="data:image/png;base64,aGk="), 422,
