@@ -1,9 +1,9 @@
 """Runs one part of a benchmark in its own process, under a time limit, and says how it ended.
 
 Every part gets a fresh process: its GPU memory, peak statistics and CUDA context are its own, and a part that
-crashes or hangs costs only itself. The processes fork from a server that imported torch and diffusers once
-(multiprocessing's forkserver, which never touches CUDA), so a part starts in a fraction of a second instead
-of paying the imports again.
+crashes or hangs costs only itself. The processes fork from a server that imported the preload once
+(multiprocessing's forkserver), so a part does not pay those imports again. The preload must never ask CUDA anything
+(on a CUDA build even torch.cuda.is_available() poisons the fork): torch alone is safe.
 """
 
 from __future__ import annotations

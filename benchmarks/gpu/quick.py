@@ -38,8 +38,11 @@ from skyreels.sim.profile import DitStepSeconds, PixelScaledSeconds, SimProfile,
 
 logger = logging.getLogger("quick")
 
-# imported once by the server every part forks from (this process never imports torch)
-PRELOAD = ["quick_parts"]
+# imported once by the server every part forks from (this process never imports torch). Only torch: a process that
+# asked CUDA anything before the fork, even torch.cuda.is_available(), leaves the parts "Cannot re-initialize CUDA in
+# forked subprocess", and quick_parts' imports ask (torchao's import-time capability checks, reached through
+# diffusers; attention kernels' imports on a GPU host). Each part imports quick_parts itself, a few seconds.
+PRELOAD = ["torch"]
 PACKAGES = ("torch", "diffusers", "transformers", "torchao", "pydantic", "ray", "flash-attn", "flash-attn-3",
             "sageattention", "triton", "imageio-ffmpeg")
 REPORT_RESERVE_S = 5.0  # left at the end for the report

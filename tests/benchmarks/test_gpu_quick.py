@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,18 @@ GPU_BENCHMARKS = ROOT / "benchmarks" / "gpu"
 PARTS = ["environment", "dit_diffusers", "dit_lossless", "dit_cudnn", "dit_fp8_dynamic", "memory_offload",
          "step_cache", "end_to_end", "serve_job", "weight_swap"]
 NEEDS_CUDA = {"dit_cudnn", "dit_fp8_dynamic"}
+SIMULATED_CUDA = ROOT / "tests" / "simulated_cuda"
+# quick.py's process (its imports), then a part forked from the part runner's server: what each asked CUDA
+FORK_SOURCES = """
+import json, sys
+from pathlib import Path
+import cuda_sim
+import quick
+from part_runner import PartRunner
+parent = list(cuda_sim.QUERIES)
+part = PartRunner(quick.PRELOAD, Path(sys.argv[1])).run("queries", "cuda_sim:queries", (), timeout_s=240)
+print(json.dumps({"parent": parent, "preload": quick.PRELOAD, "part": part.model_dump()}))
+"""
 
 
 @pytest.fixture
@@ -73,3 +86,21 @@ def test_part_runner_records_how_each_part_ended(tmp_path: Path, gpu_benchmarks_
     assert failed.status == "failed" and "math domain error" in failed.reason
     hung = runner.run("hung", "time:sleep", (600,), timeout_s=1)
     assert hung.status == "timed_out" and hung.wall_seconds < 30
+
+
+def test_nothing_the_parts_fork_from_queries_cuda(tmp_path: Path) -> None:
+    """On a CUDA build, a process that asked CUDA anything (torch.cuda.is_available() included) before it forks leaves
+    its children unable to use CUDA: "Cannot re-initialize CUDA in forked subprocess". The parts fork from the part
+    runner's server, which imports quick.PRELOAD; here every process simulates a CUDA build (tests/simulated_cuda),
+    and the part reports what its server and quick.py asked CUDA before the fork: nothing."""
+    paths = [SIMULATED_CUDA, GPU_BENCHMARKS, ROOT / "benchmarks", ROOT]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, paths))}
+    run = subprocess.run([sys.executable, "-c", FORK_SOURCES, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.splitlines()[-1])
+    assert report["parent"] == []
+    part = report["part"]
+    assert part["status"] == "ok", part
+    assert part["figures"]["cuda"] == "12.8"  # the server and the part ran on the simulated CUDA build
+    assert part["figures"]["queries"] == [], f"the server that {report['preload']} preloads into asked CUDA"
