@@ -3,7 +3,8 @@
 `v1,` + base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}")), the secret being the base64 after `whsec_`.
 
 A delivery is retried with backoff until the receiver answers 2xx (410 Gone: never again); every attempt
-is recorded on the job. Destinations must resolve to public addresses, or to the networks allowed.
+is recorded on the job. Destinations must resolve to public addresses, or to the networks allowed; the request
+goes to the address that passed that check (a name that resolves again could answer otherwise: DNS rebinding).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -74,29 +76,56 @@ def signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(signed).decode()
 
 
-async def check_destination(url: str, allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
-    """InvalidRequest unless every address `url`'s host resolves to is public or in `allowed`."""
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses the system's resolver gives `host`."""
+    infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM),
+                                   RESOLVE_TIMEOUT_S)
+    return [info[4][0] for info in infos]
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a checked URL's request goes: `url` names the address that passed the check instead of the host, so
+    that nothing resolves the name again (DNS rebinding); `host` is the Host header and the TLS server name."""
+
+    url: str
+    host: str
+    server_name: str
+
+
+async def check_destination(url: str, allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+                            resolve: Resolver = system_resolver) -> Destination:
+    """`url` pinned to its host's first address; InvalidRequest unless every address the host resolves to is
+    public or in `allowed`."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(f"webhook_url must be an http(s) URL, got {url!r}")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
-            parts.hostname, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S)
+        addresses = [ipaddress.ip_address(address.split("%")[0]) for address in await resolve(parts.hostname, port)]
     except (OSError, UnicodeError, ValueError, asyncio.TimeoutError) as error:
         raise InvalidRequest(f"webhook_url: cannot resolve {parts.hostname!r} ({error or 'timed out'})") from error
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
+    if not addresses:
+        raise InvalidRequest(f"webhook_url: {parts.hostname!r} has no address")
+    for address in addresses:
         if not address.is_global and not any(address in network for network in allowed):
             raise InvalidRequest(f"webhook_url: {parts.hostname} is {address}, a non-public address this server "
                                  "does not send webhooks to", 422, "webhook_not_allowed")
+    pinned = f"[{addresses[0]}]" if addresses[0].version == 6 else str(addresses[0])
+    host = parts.netloc.rpartition("@")[2]
+    return Destination(url=parts._replace(netloc=f"{pinned}:{port}").geturl(), host=host,
+                       server_name=parts.hostname)
 
 
 class WebhookSender:
     """Delivers jobs' final records in the background; `record(job_id, deliveries)` stores each attempt."""
 
-    def __init__(self, config: WebhookConfig, record: Callable[[str, list[WebhookDelivery]], None]) -> None:
-        self.config, self.record = config, record
+    def __init__(self, config: WebhookConfig, record: Callable[[str, list[WebhookDelivery]], None],
+                 resolve: Resolver = system_resolver) -> None:
+        self.config, self.record, self.resolve = config, record, resolve
         self._key = signing_key(config.secret) if config.secret is not None else None
         self._tasks: set[asyncio.Task] = set()
 
@@ -108,7 +137,7 @@ class WebhookSender:
         if self._key is None:
             raise InvalidRequest("this server sends no webhooks (no webhook secret is configured)", 422,
                                  "webhooks_disabled")
-        await check_destination(url, self.config.allowed_networks)
+        await check_destination(url, self.config.allowed_networks, self.resolve)
         return url
 
     def send(self, url: str, job: dict[str, Any]) -> None:
@@ -143,11 +172,14 @@ class WebhookSender:
                        attempt: int) -> WebhookDelivery:
         now = time.time()
         try:
-            await check_destination(url, self.config.allowed_networks)  # again: DNS may have changed
+            # again: DNS may have changed; the request goes to the address checked now, not to a new answer
+            destination = await check_destination(url, self.config.allowed_networks, self.resolve)
             timestamp = int(now)
-            response = await client.post(url, content=body, headers={
-                "content-type": "application/json", "webhook-id": message_id, "webhook-timestamp": str(timestamp),
-                "webhook-signature": signature(self._key, message_id, timestamp, body)})
+            response = await client.post(destination.url, content=body, headers={
+                "host": destination.host, "content-type": "application/json", "webhook-id": message_id,
+                "webhook-timestamp": str(timestamp), "webhook-signature": signature(self._key, message_id, timestamp,
+                                                                                    body)},
+                extensions={"sni_hostname": destination.server_name})
             return WebhookDelivery(attempt=attempt, attempted_at=now, status_code=response.status_code)
         except (httpx.HTTPError, InvalidRequest) as error:
             message = error.message if isinstance(error, InvalidRequest) else f"{type(error).__name__}: {error}"

@@ -116,3 +116,26 @@ def test_a_job_gets_its_url_or_the_default_and_none_without_a_secret(secret: str
     assert asyncio.run(WebhookSender(WebhookConfig(), lambda *_: None).check(None)) is None
     with pytest.raises(ValueError):
         WebhookConfig(secret="not-whsec")
+
+
+def test_the_request_goes_to_the_address_checked_when_the_name_rebinds(secret: str) -> None:
+    """A resolver that answers a receiver's (allowed) address once, then the cloud metadata address: the
+    delivery goes to the address that was checked, never resolved again; the next one is refused."""
+    answers = iter([["127.0.0.1"]])
+
+    async def rebinding(host: str, port: int) -> list[str]:
+        assert host == "hooks.rebind.test"
+        return next(answers, ["169.254.169.254"])
+
+    config = WebhookConfig(secret=secret, allowed_networks=LOOPBACK, retry_delays_s=[])
+    recorded: dict[str, list[WebhookDelivery]] = {}
+    sender = WebhookSender(config, lambda job_id, deliveries: recorded.__setitem__(job_id, deliveries), rebinding)
+    with Receiver(secret) as receiver:
+        url = receiver.url.replace("127.0.0.1", "hooks.rebind.test")
+        (first,) = asyncio.run(sender.deliver(url, JOB))
+        (second,) = asyncio.run(sender.deliver(url, {**JOB, "id": "video_4567"}))
+    assert first.status_code == 204 and receiver.posts == 1
+    ((payload, headers),) = receiver.verified
+    assert payload["data"] == JOB and {name.lower(): value for name, value in headers.items()}["host"] == \
+        url.split("/")[2]
+    assert second.status_code is None and "169.254.169.254, a non-public address" in second.error
