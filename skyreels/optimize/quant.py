@@ -10,9 +10,10 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# Stay in high precision: the input/output projections and the conditioning embedders are small
-# and sensitive (norms hold no linears).
-KEEP_PRECISE = ("x_embedder", "context_embedder", "time_text_embed", "proj_out", "norm_out", "embed_tokens")
+# Stay in high precision: the transformer's own input/output projections and conditioning embedders (its top-level
+# modules; the blocks' attention and MLP `proj_out` are quantised like the rest of the blocks) are small and
+# sensitive (norms hold no linears).
+KEEP_PRECISE = ("x_embedder", "context_embedder", "time_text_embed", "proj_out", "norm_out")
 
 
 FP8_COMPUTE_CAPABILITY = (8, 9)  # Ada and Hopper have fp8 tensor cores
@@ -44,16 +45,21 @@ def quantize_linears(model: nn.Module, mode: str) -> int:
         quantize_,
     )
 
+    # set_inductor_config=False: torchao's default turns on coordinate-descent tuning (and more) in
+    # torch._inductor.config for the whole process, every later compile included
     config = {
-        "fp8": Float8WeightOnlyConfig,
-        "int8": Int8WeightOnlyConfig,
-        "fp8-dynamic": lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+        "fp8": lambda: Float8WeightOnlyConfig(set_inductor_config=False),
+        "int8": lambda: Int8WeightOnlyConfig(set_inductor_config=False),
+        "fp8-dynamic": lambda: Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
+                                                                        set_inductor_config=False),
     }[mode]()
-    chosen = {name for name, module in model.named_modules() if _eligible(name, module)}
+    chosen = set(quantisable_linears(model))
     quantize_(model, config, filter_fn=lambda module, name: name in chosen)
     logger.info("quantised %d linears of %s to %s", len(chosen), type(model).__name__, mode)
     return len(chosen)
 
 
-def _eligible(name: str, module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) and not any(part in name.split(".") for part in KEEP_PRECISE)
+def quantisable_linears(model: nn.Module) -> list[str]:
+    """The names of the linears that are quantised: all but those under a top-level module of KEEP_PRECISE."""
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and name.split(".")[0] not in KEEP_PRECISE]
