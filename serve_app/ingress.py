@@ -252,11 +252,15 @@ class VideoIngress:
             loop = asyncio.get_running_loop()
             self._started = loop.create_task(self.runner.start())
             self._sweeper = loop.create_task(sweep_forever(self.store, self.artifacts, self.retention))
+            self.webhooks.resume(self.store.ended_since, self._webhook_view)  # those a stopped replica left
         return self._started
 
     def _job_ended(self, job: Job) -> None:
         if job.webhook_url is not None:
-            self.webhooks.send(job.webhook_url, self.service.view(job).model_dump(mode="json"))
+            self.webhooks.send(job.webhook_url, self._webhook_view(job))
+
+    def _webhook_view(self, job: Job) -> dict[str, Any]:
+        return self.service.view(job).model_dump(mode="json")
 
     async def _once(self, request: Request, owner: str | None, fields: dict[str, Any],
                     submit: Callable[[], Awaitable[Video]]) -> JSONResponse:

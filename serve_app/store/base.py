@@ -240,6 +240,14 @@ class JobStore(ABC):
             rows = db.all(f"SELECT id FROM jobs WHERE {status} AND completed_at < ?", (*params, when))
         return [row[0] for row in rows]
 
+    def ended_since(self, when: float) -> list[Job]:
+        """The jobs that ended (completed, failed, cancelled) at or after unix time `when`, first ended first."""
+        status, params = _status_in(TERMINAL)
+        with self._reading() as db:
+            rows = db.all(f"SELECT data FROM jobs WHERE {status} AND completed_at >= ? ORDER BY completed_at, id",
+                          (*params, when))
+        return [Job.model_validate_json(row[0]) for row in rows]
+
     def in_status(self, *statuses: JobStatus) -> list[Job]:
         """Jobs in any of these statuses (all jobs if none are given), oldest first."""
         status, params = _status_in(statuses)

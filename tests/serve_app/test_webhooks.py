@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -139,3 +140,43 @@ def test_the_request_goes_to_the_address_checked_when_the_name_rebinds(secret: s
     assert payload["data"] == JOB and {name.lower(): value for name, value in headers.items()}["host"] == \
         url.split("/")[2]
     assert second.status_code is None and "169.254.169.254, a non-public address" in second.error
+
+
+def test_deliveries_a_stopped_replica_left_pending_are_resumed_from_the_store(secret: str, tmp_path) -> None:
+    """What the store records is all a replica needs (after a restart, or another replica's): overdue deliveries
+    resume at the next attempt; one still due soon is left to the replica sending it; finished ones stay done."""
+    from serve_app.requests import new_job
+    from serve_app.schemas import JobStatus, VideoCreateParams
+    from serve_app.store import open_store
+    from stand_in_stages import SERVED
+
+    config = WebhookConfig(secret=secret, allowed_networks=LOOPBACK, retry_delays_s=[60, 60], timeout_s=1,
+                           resume_after_s=2)
+    store = open_store(str(tmp_path / "jobs.sqlite3"))
+    now = time.time()
+
+    def ended(name: str, ago_s: float, *made: WebhookDelivery) -> str:
+        job, _ = new_job(VideoCreateParams(prompt=name, size="64x64", num_frames=9, num_inference_steps=1), None,
+                         SERVED)
+        store.add(job.model_copy(update={"status": JobStatus.COMPLETED, "completed_at": now - ago_s,
+                                         "webhook_url": receiver.url, "webhook_deliveries": list(made)}))
+        return job.id
+
+    async def resume() -> list[str]:
+        sender = WebhookSender(config, lambda job_id, made: store.update(job_id, webhook_deliveries=made))
+        resumed = await sender.resume_overdue(store.ended_since, lambda job: job.model_dump(mode="json"))
+        while not all(store.get(job_id).webhook_deliveries[-1].delivered for job_id in resumed):  # in the background
+            await asyncio.sleep(0.05)
+        await sender.close()
+        return resumed
+
+    with Receiver(secret) as receiver:
+        retried = ended("a retry due 30 s ago", 100, WebhookDelivery(attempt=1, attempted_at=now - 90, status_code=500))
+        never_sent = ended("ended while no replica ran", 100)
+        ended("ended just now: its replica sends it", 1)
+        ended("delivered", 100, WebhookDelivery(attempt=1, attempted_at=now - 90, status_code=204))
+        ended("gone", 100, WebhookDelivery(attempt=1, attempted_at=now - 90, status_code=410))
+        assert sorted(asyncio.run(resume())) == sorted([retried, never_sent])
+    assert [(d.attempt, d.status_code) for d in store.get(retried).webhook_deliveries] == [(1, 500), (2, 204)]
+    assert [(d.attempt, d.status_code) for d in store.get(never_sent).webhook_deliveries] == [(1, 204)]
+    assert sorted(payload["data"]["id"] for payload, _ in receiver.verified) == sorted([retried, never_sent])
