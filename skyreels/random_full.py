@@ -85,7 +85,7 @@ def _materialize(model: nn.Module, device: torch.device | str, dtype: torch.dtyp
 
     (Neither model registers buffers: rotary frequencies are computed in forward.)
     """
-    model = model.to_empty(device=device).to(dtype)
+    model = model.to(dtype).to_empty(device=device)  # the dtype on the meta device: nothing is made in fp32 first
     generator = torch.Generator(device=device).manual_seed(seed)
     for name, parameter in model.named_parameters():
         if parameter.ndim == 1:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from skyreels import random_full
 from skyreels.optimize.flops import dit_forward_flops, video_tokens
@@ -44,6 +45,30 @@ def test_materialize_fills_a_meta_model() -> None:
                 encoder_hidden_states=torch.randn(1, 5, 16), encoder_attention_mask=torch.ones(1, 5),
                 pooled_projections=torch.randn(1, 8), guidance=torch.tensor([1000.0]), return_dict=False)[0]
     assert out.shape == (1, 4, 1, 8, 8) and torch.isfinite(out).all()
+
+
+class AllocatedDtypes(TorchDispatchMode):
+    """The dtype of every tensor allocated off the meta device (factory ops, copies) while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        allocating = func._schema.name in ("aten::empty", "aten::empty_strided", "aten::empty_like", "aten::_to_copy")
+        if allocating and out.device.type != "meta":
+            self.dtypes.add(out.dtype)
+        return out
+
+
+def test_random_weights_are_made_in_the_target_dtype() -> None:
+    """No fp32 copy on the way: the full DiT in fp32 is 51 GB on the device before its conversion to bf16."""
+    with AllocatedDtypes() as allocated:
+        model = random_full.random_transformer(random_full.Task.T2V, "cpu", torch.bfloat16, num_layers=1,
+                                               num_single_layers=1, num_refiner_layers=1)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    assert allocated.dtypes == {torch.bfloat16}
 
 
 def test_random_text_encoder_shapes_and_determinism() -> None:
