@@ -16,11 +16,13 @@ from functools import cached_property
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
 from torch import nn
+from transformers import AutoTokenizer
 
 from skyreels import random_full
-from skyreels.models import ModelPaths, ModelSettings, resolve_model, transformer_config_path
+from skyreels.models import TINY, ModelPaths, ModelSettings, resolve_model, transformer_config_path
 from skyreels.optimize.apply import prepare_weights
 from skyreels.optimize.config import OptimizeConfig
+from skyreels.preflight import architecture
 from skyreels.request import Task
 from skyreels.sim.source import SimOptions
 from skyreels.sim.stages import SimDenoiseStage, SimTextEncoderStage, SimVaeStage
@@ -100,6 +102,8 @@ def stage_loader(source: str, task: Task | str, device: str | torch.device = "cp
         return SimLoader(**common, options=sim)
     if source == random_full.RANDOM_FULL:
         return RandomFullLoader(**common)
+    if source == architecture.FAKE_FULL:
+        return FakeFullLoader(**common)
     return WeightsLoader(**common)
 
 
@@ -160,6 +164,38 @@ class RandomFullLoader(TransformerLoader):
 
     def vae(self, device: str | None = None) -> VaeStage:
         return VaeStage(random_full.random_vae(device or self.device, self.dtype))
+
+    def transformer_config(self) -> dict:
+        return random_full.transformer_config(self.task)
+
+
+@dataclass(frozen=True)
+class FakeFullLoader(TransformerLoader):
+    """The real architectures as fake tensors (skyreels.preflight.architecture), loaded the way WeightsLoader
+    loads weights: into host memory first, then prepared and placed by the stages' own code. Only
+    `skyreels preflight` can use it (fake CUDA)."""
+
+    @cached_property
+    def tokenizers(self) -> ModelPaths:
+        return resolve_model(TINY, self.task, self.settings)
+
+    def text(self) -> TextEncoderStage:
+        return TextEncoderStage.prepared(
+            llama=architecture.fake_llama(self.dtype),
+            llama_tokenizer=AutoTokenizer.from_pretrained(self.tokenizers.component("tokenizer")),
+            clip=architecture.fake_clip(self.dtype),
+            clip_tokenizer=AutoTokenizer.from_pretrained(self.tokenizers.component("tokenizer_2")),
+            device=self.device, optimize=self.optimize)
+
+    def denoiser(self, batch_cfg: bool = True) -> DenoiseStage:
+        return DenoiseStage.prepared(self.host_transformer(), random_full.scheduler(), self.device, self.optimize,
+                                     batch_cfg=batch_cfg)
+
+    def host_transformer(self) -> nn.Module:
+        return architecture.fake_transformer(self.task, self.dtype)
+
+    def vae(self, device: str | None = None) -> VaeStage:
+        return VaeStage(architecture.fake_vae(self.dtype).to(device or self.device))
 
     def transformer_config(self) -> dict:
         return random_full.transformer_config(self.task)

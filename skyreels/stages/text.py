@@ -73,16 +73,31 @@ class TextEncoderStage(PromptEncoder):
         optimize: OptimizeConfig | None = None,
     ) -> TextEncoderStage:
         base = Path(base)
+        return cls.prepared(
+            llama=LlamaModel.from_pretrained(base / "text_encoder", torch_dtype=dtype),
+            llama_tokenizer=AutoTokenizer.from_pretrained(base / "tokenizer"),
+            clip=CLIPTextModel.from_pretrained(base / "text_encoder_2", torch_dtype=dtype),
+            clip_tokenizer=AutoTokenizer.from_pretrained(base / "tokenizer_2"),
+            device=device,
+            optimize=optimize,
+        )
+
+    @classmethod
+    def prepared(
+        cls,
+        llama: LlamaModel,
+        llama_tokenizer: PreTrainedTokenizerBase,
+        clip: CLIPTextModel,
+        clip_tokenizer: PreTrainedTokenizerBase,
+        device: str | torch.device,
+        optimize: OptimizeConfig | None = None,
+    ) -> TextEncoderStage:
+        """A stage over models already built (in host memory), quantised and placed as `optimize` says."""
         optimize = optimize or OptimizeConfig()
-        llama = LlamaModel.from_pretrained(base / "text_encoder", torch_dtype=dtype)
         prepare_text_encoder(llama, optimize, torch.device(device))
         placement = "cpu" if optimize.offload else device
-        return cls(
-            llama=llama.to(placement),
-            llama_tokenizer=AutoTokenizer.from_pretrained(base / "tokenizer"),
-            clip=CLIPTextModel.from_pretrained(base / "text_encoder_2", torch_dtype=dtype).to(placement),
-            clip_tokenizer=AutoTokenizer.from_pretrained(base / "tokenizer_2"),
-        )
+        return cls(llama=llama.to(placement), llama_tokenizer=llama_tokenizer, clip=clip.to(placement),
+                   clip_tokenizer=clip_tokenizer)
 
     def models(self) -> tuple[torch.nn.Module, ...]:
         return self.llama, self.clip
