@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import ray
@@ -27,11 +28,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from deployments.config import StageConfig
 from deployments.errors import GangUnavailable, GangWorkerDied
-from skyreels.artifacts import ArtifactStore, StoredVideo, store_video
+from skyreels.artifacts import ArtifactStore, LatentCheckpoint, StoredVideo, store_video
 from skyreels.gang.commands import Command, Decode, Denoise, ranks_for
 from skyreels.gang.rank import GangRank, RankSpec
 from skyreels.parallel.group import free_port
-from skyreels.progress import StepProgress
+from skyreels.progress import StepProgress, StepState
 from skyreels.recipe import Denoised
 from skyreels.request import Task
 from skyreels.stages.conditioning import Conditioning, ImageCondition
@@ -119,13 +120,16 @@ class Denoiser:
         logger.info("DiT gang of %d worker(s) ready (decodes: %s)", gpus_per_replica, spec.decode)
 
     async def denoise(
-        self, task: Task, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None
+        self, task: Task, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None,
+        checkpoint: LatentCheckpoint | None = None,
     ) -> AsyncIterator[StepProgress | Denoised]:
-        """Stream of StepProgress, ending with Denoised (or fewer steps and no Denoised when cancelled)."""
+        """Stream of StepProgress, ending with Denoised (or fewer steps and no Denoised when cancelled). With a
+        checkpoint, the steps go on from the step it holds, and a cancelled stream saves the step the ranks stopped
+        at there (the main rank's latents, written once, before the gang takes other work)."""
         model_id = serve.get_multiplexed_model_id()
         if model_id:
             await self.holds(model_id)
-        async for item in self._run(Denoise(task, conditioning, params, image)):
+        async for item in self._run(Denoise(task, conditioning, params, image), checkpoint):
             yield item
 
     @serve.multiplexed(max_num_models_per_replica=1)
@@ -151,11 +155,15 @@ class Denoiser:
             self._poison(f"DiT worker rank {', '.join(map(str, lost))} is unreachable")
             raise GangWorkerDied(self._dead)
 
-    async def _run(self, command: Command) -> AsyncIterator[Any]:
-        """Rank 0's answer to `command`, sent to the ranks it declares; one command at a time."""
+    async def _run(self, command: Command, checkpoint: LatentCheckpoint | None = None) -> AsyncIterator[Any]:
+        """Rank 0's answer to `command`, sent to the ranks it declares; one command at a time. A Denoise goes on
+        from the step `checkpoint` holds (read once the gang is this command's: a run paused on this gang has
+        saved its step by then); cancelled, the ranks stop together and the step they stopped at goes there."""
         async with self._lock:
             if self._dead:
                 raise GangUnavailable(self._dead)
+            if checkpoint is not None and isinstance(command, Denoise):
+                command = replace(command, resume=await asyncio.to_thread(checkpoint.load_steps))
             workers = [self.workers[rank] for rank in ranks_for(command, len(self.workers))]
             streams = [worker.run.options(num_returns="streaming").remote(command) for worker in workers]
             others = asyncio.gather(*(self._drain(stream) for stream in streams[1:]))
@@ -167,7 +175,8 @@ class Denoiser:
                 # stop at the next step, and keep the gang until every rank has stopped
                 for worker in workers:
                     worker.cancel.remote()
-                await asyncio.shield(asyncio.gather(self._drain(streams[0]), others, return_exceptions=True))
+                await asyncio.shield(asyncio.gather(self._paused(streams[0], checkpoint), others,
+                                                    return_exceptions=True))
                 raise
             except Exception as error:
                 others.cancel()
@@ -204,6 +213,14 @@ class Denoiser:
 
         answers = await asyncio.gather(*(alive(worker) for worker in self.workers))
         return [rank for rank, ok in enumerate(answers) if not ok]
+
+    @staticmethod
+    async def _paused(stream, checkpoint: LatentCheckpoint | None) -> None:
+        """The rest of rank 0's answer to a stopped command; the step it stopped at, if any, is checkpointed."""
+        async for ref in stream:
+            item = await ref
+            if isinstance(item, StepState) and checkpoint is not None:
+                await asyncio.to_thread(checkpoint.save_steps, item)
 
     @staticmethod
     async def _drain(stream) -> None:

@@ -19,6 +19,7 @@ from deployments.text_encoder import MAX_BATCH_SIZE, TextEncoder
 from deployments.vae import Vae
 from serve_app.auth import AccessConfig
 from serve_app.ingress import VideoIngress
+from serve_app.priorities import Priority
 from serve_app.requests import UploadLimits
 from serve_app.retention import RetentionConfig
 from serve_app.runner import JobPolicy
@@ -72,6 +73,17 @@ class AppConfig(StageConfig):
         "rarely: a job of a model the gangs hold (that of a running job, or of the job started last) goes before "
         "older jobs of the other model, unless the oldest waiting job has waited longer than this. 0: strictly "
         "oldest first. Re-runs of cut-off jobs always go first.")
+    default_priority: Priority = Field(
+        Priority.BATCH, description="The class of a submit that names none (within its API key's allowance: "
+        "access.default_max_priority, access.keys). The web page asks for interactive.")
+    preempt_after_s: float | None = Field(
+        10.0, ge=0, description="An interactive job that has waited this long (queued, or claimed but not yet "
+        "denoising) pauses the batch jobs this replica runs at their next step boundary: their latents and step "
+        "are checkpointed, they go back to the queue and resume from that step later (the same video). None: "
+        "never preempt.")
+    max_preemptions: int = Field(
+        3, ge=0, description="A batch job is paused at most this many times; then it runs to its end (no "
+        "starvation). Preempted runs are not counted in max_attempts.")
     job_lease_s: float = Field(
         20.0, gt=0, description="A running job is leased to the ingress replica that runs it; a replica that stops "
         "renewing (it died) loses its jobs this long after its last heartbeat, and another replica runs them again "

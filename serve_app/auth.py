@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.priorities import KeyShare, Priority
+
 logger = logging.getLogger(__name__)
 
 KEYS_ENV, KEYS_FILE_ENV = "SKYREELS_API_KEYS", "SKYREELS_API_KEYS_FILE"
@@ -47,12 +49,16 @@ class AccessConfig(BaseModel):
     api_keys: list[str] = Field(default_factory=list, description="Keys, each as itself or as `sha256:<hex>` "
                                 "(better in a config file); joined with SKYREELS_API_KEYS and SKYREELS_API_KEYS_FILE. "
                                 "None anywhere: no authentication.")
-    metrics_open: bool = Field(False, description="/metrics answers without a key (for a Prometheus scraper "
-                               "inside the network).")
     max_jobs_in_flight: int | None = Field(4, ge=1, description="Queued and running jobs one key may have; "
                                            "more get 429. None: no limit.")
     max_submits_per_minute: int | None = Field(30, ge=1, description="Submits (create, remix, extend) one key "
                                                "may make in any 60 s; more get 429. None: no limit.")
+    default_max_priority: Priority = Field(Priority.INTERACTIVE, description="The highest priority class a key "
+                                           "not named in `keys` may ask for; above it: 403. Without keys every "
+                                           "client may use every class.")
+    keys: dict[str, KeyShare] = Field(default_factory=dict, description="Per key, by its id (key_ + the first 16 "
+                                      "hex digits of its SHA-256, as jobs show in `owner`): its highest class and "
+                                      "its weight in fair sharing.")
 
 
 def key_hash(key: str) -> str:
@@ -166,7 +172,7 @@ def _route_path(scope: Scope) -> str:
 
 
 def _is_open(path: str, config: AccessConfig) -> bool:
-    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or (config.metrics_open and path == "/metrics")
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 async def _unauthorized(send: Send, what: str) -> None:

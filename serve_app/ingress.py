@@ -35,7 +35,7 @@ from serve_app.auth import AccessConfig, ApiKeys, RequestGate, install_request_i
 from serve_app.bodies import BodyGuard, error_response
 from serve_app.contract import ExtendParams, ModelList, Readiness, RemixParams, Video, VideoDeleted, VideoList
 from serve_app.idempotency import HEADER, fingerprint, once
-from serve_app.limits import SubmitLimits
+from serve_app.limits import PriorityPolicy, SubmitLimits
 from serve_app.metrics import JobMetrics
 from serve_app.openapi import CONTENT, EXTEND_BODY, IDEMPOTENT, SUBMIT_BODY, errors, install_openapi
 from serve_app.loras import AdapterList, AdapterRegistry
@@ -232,7 +232,8 @@ class VideoIngress:
         self.shutdown_grace_s = shutdown_grace_s
         self.service = VideoService(self.store, self.artifacts, self.runner, served_models,
                                     SubmitLimits(access.max_jobs_in_flight, access.max_submits_per_minute),
-                                    self.webhooks, retention.ttl_s, AdapterRegistry(lora_url, served_models))
+                                    self.webhooks, retention.ttl_s, AdapterRegistry(lora_url, served_models),
+                                    PriorityPolicy(policy.default_priority, access.default_max_priority, access.keys))
         self._started: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
         try:  # recover interrupted jobs right away when constructed on the event loop
@@ -307,7 +308,7 @@ class VideoIngress:
         return _json(await self.service.loras())
 
     @app.post("/v1/videos", status_code=202, operation_id="createVideo", response_model=Video,
-              openapi_extra=SUBMIT_BODY, responses=errors(400, 401, 409, 413, 415, 422, 429))
+              openapi_extra=SUBMIT_BODY, responses=errors(400, 401, 403, 409, 413, 415, 422, 429))
     async def http_create(self, request: Request, owner: Owner) -> JSONResponse:
         fields, typed = await read_fields(request)
 

@@ -1,4 +1,5 @@
-"""Per-key limits on submits: jobs in flight and submits per minute, answered 429 with Retry-After."""
+"""Per-key limits on submits: jobs in flight and submits per minute, answered 429 with Retry-After; the priority
+classes a key may use, answered 403."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from serve_app.priorities import KeyShare, Priority
 from serve_app.requests import ApiError
 
 WINDOW_S = 60.0
@@ -49,3 +51,30 @@ class SubmitLimits:
             raise TooManyRequests(f"this API key may submit {self.per_minute} jobs a minute",
                                   retry_after_s=max(1, math.ceil(recent[0] + WINDOW_S - now)))
         recent.append(now)
+
+
+class PriorityRefused(ApiError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 403, "priority_not_allowed")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.message,)
+
+
+class PriorityPolicy:
+    """Each submit's class and fair-sharing weight, refusing a class above the key's allowance."""
+
+    def __init__(self, default: Priority, default_max: Priority, keys: dict[str, KeyShare]) -> None:
+        self.default, self.default_max, self.keys = default, default_max, keys
+
+    def admit(self, owner: str | None, requested: Priority | None) -> tuple[Priority, float]:
+        """The job's class and its key's weight; `owner` None (no keys configured, or a trusted caller): any class,
+        weight 1. PriorityRefused for a class above the key's."""
+        share = self.keys.get(owner, KeyShare()) if owner is not None else KeyShare(max_priority=Priority.INTERACTIVE)
+        allowed = share.max_priority or self.default_max
+        priority = requested or min(self.default, allowed, key=lambda p: -p.rank)
+        if not priority.at_most(allowed):
+            lower = [p.value for p in Priority if p.at_most(allowed)]
+            raise PriorityRefused(f"priority {priority.value!r} is above this API key's allowance; allowed: "
+                                  f"{', '.join(lower)}")
+        return priority, share.weight

@@ -17,6 +17,7 @@ REF = "#/components/schemas/{model}"
 ERROR_MEANINGS = {
     400: "Malformed body (not JSON, an unreadable form), or a model this server does not serve.",
     401: "The server has API keys and the request has none, or a wrong one (`Authorization: Bearer <key>`).",
+    403: "The API key may not use the priority class asked for (access.keys, access.default_max_priority).",
     404: "No such job (the one named in the path, or the `after` cursor), or one another API key submitted.",
     409: "The job is not in a state that allows this (not completed yet, or already finished), or a request with "
          "the same Idempotency-Key is still being submitted.",

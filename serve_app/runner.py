@@ -34,6 +34,8 @@ from PIL import Image
 
 from serve_app.failures import job_error
 from serve_app.metrics import JobMetrics
+from serve_app.preemption import Preemptor
+from serve_app.priorities import Priority
 from serve_app.requests import to_generation_request
 from serve_app.schemas import Attempt, ErrorCode, Job, JobError, JobStatus
 from serve_app.serve_stages import ServeStages
@@ -54,12 +56,18 @@ class JobPolicy:
     job_deadline_s: float = 7200.0  # from the job's first start; then it fails and frees its stages
     stage_timeout_s: float = 900.0  # one text, image or decode call, queueing behind other jobs included
     model_group_delay_s: float = 30.0  # the queue prefers jobs of the models the gangs hold, for this long at most
+    default_priority: Priority = Priority.BATCH  # of a submit that names no class (within its key's allowance)
+    preempt_after_s: float | None = 10.0  # an interactive job waiting this long pauses batch jobs; None: never
+    max_preemptions: int = 3  # times one batch job may be paused
     job_lease_s: float = 20.0  # a running job's lease: another replica re-runs it once this passes unrenewed
     job_heartbeat_s: float = 1.0  # how often a runner renews its leases and hears of cancels (<= a third of the lease)
     queue_poll_s: float = 0.5  # how often an idle runner looks for jobs others queued, and SSE for others' updates
 
 
+NOT_COUNTED = (ErrorCode.HANDED_BACK, ErrorCode.PREEMPTED)  # runs that do not count against max_attempts
 INTERRUPTED = JobError(code=ErrorCode.INTERRUPTED, message="the server stopped while this job ran")
+PREEMPTED = JobError(code=ErrorCode.PREEMPTED, message="paused at a step boundary for an interactive job; resumes "
+                                                       "from that step")
 # a stop reason: another runner took the job over; this run ends without writing anything
 LOST = JobError(code=ErrorCode.INTERRUPTED, message="another ingress replica took this job over")
 
@@ -139,6 +147,7 @@ class JobRunner:
         self._running: dict[str, asyncio.Task] = {}
         self._stop_reasons: dict[str, JobError] = {}  # why a running job's task is being cancelled, if not a cancel
         self._dispatcher: asyncio.Task | None = None
+        self.preemptor = Preemptor(store, policy.preempt_after_s, policy.max_preemptions)
         self._loops: list[asyncio.Task] = []  # the lease keeper and the watcher of others' jobs
 
     async def start(self) -> None:
@@ -228,6 +237,7 @@ class JobRunner:
             logger.exception("claiming a job failed")
             return None
         if job is not None:
+            self.preemptor.track(job)
             self.events.publish(job)
         return job
 
@@ -244,6 +254,9 @@ class JobRunner:
                         self._stop(job_id, LOST)
                     elif job_id in leases.cancel and not task.cancelling():
                         task.cancel()  # as a client's cancel here
+                for job_id in self.preemptor.victims():
+                    logger.info("job %s: pausing it at the next step boundary for an interactive job", job_id)
+                    self._stop(job_id, PREEMPTED)
                 await self._take_over()
             except Exception:  # noqa: BLE001 - a store hiccup: the next heartbeat tries again, within the lease
                 logger.exception("heartbeat failed")
@@ -292,7 +305,7 @@ class JobRunner:
         job_id = job.id
         metrics: dict[str, float] = {"queued": job.attempts[-1].started_at - job.created_at}
         stages = ServeStages(job_id, self.text_encoder, self.denoiser, self.vae, self.decoder,
-                             self.policy.stage_timeout_s)
+                             self.policy.stage_timeout_s, lambda: self.preemptor.gang_turn(job_id))
         checkpoint = LatentCheckpoint(self.artifacts, job_id)  # _end discards it
         remaining_s = self.policy.job_deadline_s - (time.time() - job.started_at)
         deadline = asyncio.get_running_loop().call_later(max(remaining_s, 0.0), self._stop, job_id, JobError(
@@ -312,6 +325,8 @@ class JobRunner:
                 await self._end(job_id, JobStatus.CANCELLED, metrics=metrics, **held)
             elif reason.code is ErrorCode.HANDED_BACK:
                 await self._end_attempt(self.store.get(job_id), reason)
+            elif reason.code is ErrorCode.PREEMPTED:
+                self._requeue_preempted(self.store.get(job_id))
             elif reason is not LOST:
                 await self._end(job_id, JobStatus.FAILED, reason, metrics=metrics, **held)
             raise
@@ -324,6 +339,7 @@ class JobRunner:
             deadline.cancel()
             if self._running.get(job_id) is asyncio.current_task():  # a re-run may already have its own task
                 del self._running[job_id]
+                self.preemptor.forget(job_id)
 
     async def _end_attempt(self, job: Job, cause: JobError, metrics: dict[str, float] | None = None) -> None:
         """Records why the job's last run (held by this runner) ended; queues it again when infrastructure cut it
@@ -331,7 +347,7 @@ class JobRunner:
         now = time.time()
         last = job.attempts[-1] if job.attempts else Attempt(number=1, started_at=job.started_at or now)
         attempts = [*job.attempts[:-1], last.model_copy(update={"ended_at": now, "error": cause})]
-        counted = sum(a.error is None or a.error.code is not ErrorCode.HANDED_BACK for a in attempts)
+        counted = sum(a.error is None or a.error.code not in NOT_COUNTED for a in attempts)
         if cause.code.is_infrastructure and counted < self.policy.max_attempts:
             logger.warning("job %s: %s; running it again (%d of %d runs used)", job.id, cause.message, counted,
                            self.policy.max_attempts)
@@ -345,6 +361,17 @@ class JobRunner:
                                                         "; each run's cause is in `attempts`)"})
         self._update(job.id, attempts=attempts, when_held_by=self.runner_id)
         await self._end(job.id, JobStatus.FAILED, cause, metrics=metrics, when_held_by=self.runner_id)
+
+    def _requeue_preempted(self, job: Job) -> None:
+        """The paused job back in the queue (its gang checkpointed the step it stopped at); a pause after its first
+        step counts in `preemptions`."""
+        last = job.attempts[-1]
+        attempts = [*job.attempts[:-1], last.model_copy(update={"ended_at": time.time(), "error": PREEMPTED})]
+        paused = job.phase is Phase.DENOISING and job.current_step > 0
+        logger.info("job %s: paused after step %d; back in the queue", job.id, job.current_step)
+        self._update(job.id, status=JobStatus.QUEUED, phase=Phase.QUEUED, attempts=attempts,
+                     preemptions=job.preemptions + paused, when_held_by=self.runner_id)
+        self._queued.set()
 
     def _progress(self, job_id: str, progress: Progress) -> None:
         self._update(job_id, phase=progress.phase, progress=progress.percent, current_step=progress.step,
@@ -360,6 +387,7 @@ class JobRunner:
 
     def _update(self, job_id: str, **changes: Any) -> Job:
         job = self.store.update(job_id, **changes)
+        self.preemptor.track(job)
         self.events.publish(job)
         return job
 

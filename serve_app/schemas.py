@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from serve_app.loras import AppliedLora, LoraRef
+from serve_app.priorities import Priority
 from skyreels.lora import MAX_LORAS
 from skyreels.models import SERVED_MODEL_IDS
 from skyreels.progress import Phase
@@ -34,6 +35,7 @@ class ErrorCode(str, Enum):
     STAGE_TIMEOUT = "stage_timeout"  # a stage call did not answer in time
     INTERRUPTED = "interrupted"  # the ingress stopped (killed) while the job ran
     HANDED_BACK = "handed_back"  # the ingress shut down gracefully and gave the job back to the queue
+    PREEMPTED = "preempted"  # paused at a step boundary for an interactive job; resumes from that step
     # errors that would repeat: the job ends at once
     STAGE_FAILED = "stage_failed"  # a stage raised (a model error, bad input found late)
     DEADLINE_EXCEEDED = "deadline_exceeded"  # the job ran longer than its deadline
@@ -118,6 +120,9 @@ VideoCreateParams = create_model(
     webhook_url=(str | None, Field(None, max_length=2048, pattern=r"^https?://[^\s/?#]+([/?#]\S*)?$",
                                    description="POSTed the job, signed (Standard Webhooks), once it completes, "
                                                "fails or is cancelled. Default: the server's, if it has one.")),
+    priority=(Priority | None, Field(None, description="The scheduling class: interactive (someone waits for "
+                                     "it; may pause batch jobs) or batch. Default: the server's, within what the "
+                                     "API key may use (a class above it is refused with 403).")),
     loras=(list[LoraRef], Field(default_factory=list, max_length=MAX_LORAS,
                                 description="LoRA adapters (GET /v1/loras), each at a scale, for this video only. "
                                             "In a multipart body: a JSON array.")),
@@ -166,3 +171,9 @@ class Job(BaseModel):
                                                       "final job to webhook_url, oldest first.")
     resumed_from_checkpoint: bool = Field(False, description="The last run started at decode, from the latents "
                                           "a previous run had checkpointed.")
+    priority: Priority = Field(Priority.BATCH, description="Its scheduling class.")
+    estimated_gpu_s: float = Field(0.0, ge=0, description="Its estimated cost, in seconds of one A800, from its "
+                                   "shape, steps and model: what fair sharing between API keys charges it.")
+    share_weight: float = Field(1.0, gt=0, description="Its API key's weight in fair sharing, at submit.")
+    preemptions: int = Field(0, ge=0, description="Times it was paused at a step boundary for an interactive job "
+                             "(each a `preempted` run in `attempts`; it resumed from that step).")

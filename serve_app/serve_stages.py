@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from deployments.errors import GangUnavailable
@@ -28,10 +28,11 @@ class ServeStages:
     both decode latents to the job's stored video (`decode_to_storage`)."""
 
     def __init__(self, job_id: str, text_encoder: Any, denoiser: Any, vae: Any, decoder: Any,
-                 timeout_s: float) -> None:
+                 timeout_s: float, gang_turn: Callable[[], Awaitable[None]] | None = None) -> None:
         self.job_id = job_id
         self.text_encoder, self.denoiser, self.vae, self.decoder = text_encoder, denoiser, vae, decoder
         self.timeout_s = timeout_s  # the DiT's own watchdog is the gang's (deployments.denoiser)
+        self.gang_turn = gang_turn  # awaited before the job goes to the gang (serve_app.preemption)
 
     async def encode_text(self, prompt: str, negative_prompt: str | None) -> Any:
         return await self._within(self.text_encoder.encode.remote(prompt, negative_prompt), "text encoding")
@@ -40,14 +41,18 @@ class ServeStages:
         return await self._within(
             self.vae.encode_image.remote(request.image, request.height, request.width, request.seed), "image encoding")
 
-    async def denoise(self, task: Task, conditioning: Any, params: Any, image: Any
+    async def denoise(self, task: Task, conditioning: Any, params: Any, image: Any, checkpoint: Any = None
                       ) -> AsyncIterator[StepProgress | Denoised]:
-        """The gang's stream; waits out a gang that is being replaced (nothing ran on it yet)."""
+        """The gang's stream; waits for the job's turn, and out a gang that is being replaced (nothing ran on it
+        yet). `checkpoint` travels to the gang: it resumes from the step held there, and saves the step it is
+        stopped at."""
+        if self.gang_turn is not None:
+            await self.gang_turn()
         for attempt in range(GANG_RETRIES + 1):
             try:
                 # routed to a gang that holds the task's model, when one is free (Serve's model multiplexing)
                 gang = self.denoiser.options(multiplexed_model_id=SERVED_MODEL_IDS[task])
-                async for event in gang.denoise.remote(task, conditioning, params, image):
+                async for event in gang.denoise.remote(task, conditioning, params, image, checkpoint):
                     yield event
                 return
             except GangUnavailable:

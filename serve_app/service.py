@@ -18,9 +18,10 @@ from PIL import Image
 from serve_app.contract import ExtendParams, ModelList, RemixParams, Video, VideoDeleted, VideoList
 from serve_app.eta import EtaEstimator
 from serve_app.extension import EXTENDED_VIDEO, PREFIX_VIDEO, last_frame, stitched_video
-from serve_app.limits import SubmitLimits
+from serve_app.limits import PriorityPolicy, SubmitLimits
 from serve_app.loras import AdapterList, AdapterRegistry
 from serve_app.model_cards import model_card
+from serve_app.priorities import Priority, estimated_gpu_seconds
 from serve_app.requests import ApiError, InvalidRequest, new_job, parse, to_png
 from serve_app.retention import expires_at
 from serve_app.runner import JobRunner
@@ -38,9 +39,10 @@ MEDIA_TYPES = {"video": "video/mp4", "thumbnail": "image/jpeg"}
 class VideoService:
     def __init__(self, store: JobStore, artifacts: ArtifactStore, runner: JobRunner, served_models: list[ServedModel],
                  limits: SubmitLimits, webhooks: WebhookSender, ttl_s: float | None,
-                 adapters: AdapterRegistry | None = None) -> None:
+                 adapters: AdapterRegistry | None = None, priorities: PriorityPolicy | None = None) -> None:
         self.store, self.artifacts, self.runner, self.served_models = store, artifacts, runner, served_models
         self.limits, self.webhooks, self.ttl_s = limits, webhooks, ttl_s
+        self.priorities = priorities or PriorityPolicy(Priority.BATCH, Priority.INTERACTIVE, {})
         self.adapters = adapters or AdapterRegistry(None, served_models)
         self.eta = EtaEstimator()
 
@@ -66,9 +68,12 @@ class VideoService:
                      owner: str | None = None, **lineage: Any) -> Video:
         if owner is not None:
             self.limits.admit(owner, self.store.count_owned(owner, JobStatus.QUEUED, JobStatus.IN_PROGRESS))
+        priority, weight = self.priorities.admit(owner, params.priority)
         webhook_url = await self.webhooks.check(params.webhook_url)
-        job, _ = await asyncio.to_thread(new_job, params, image, self.served_models, self.adapters, owner=owner,
-                                         webhook_url=webhook_url, **lineage)
+        job, request = await asyncio.to_thread(new_job, params, image, self.served_models, self.adapters,
+                                               owner=owner, webhook_url=webhook_url, **lineage)
+        job = job.model_copy(update={"priority": priority, "share_weight": weight,
+                                     "estimated_gpu_s": estimated_gpu_seconds(request)})
         if prefix_video is not None:
             await asyncio.to_thread(self.artifacts.put, job.id, PREFIX_VIDEO, prefix_video)
         try:
@@ -168,7 +173,7 @@ class VideoService:
 
 
 def _params_of(job: Job, **changes: Any) -> VideoCreateParams:
-    fields = {"model": job.model, "size": job.size, "webhook_url": job.webhook_url,
+    fields = {"model": job.model, "size": job.size, "webhook_url": job.webhook_url, "priority": job.priority,
               "loras": [lora.model_dump(include={"name", "scale"}) for lora in job.loras],
               **{name: getattr(job, name) for name in SHARED_FIELDS}}
     return parse(VideoCreateParams, fields | changes)

@@ -21,6 +21,7 @@ from fsspec.implementations.local import LocalFileSystem
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from skyreels.progress import StepState
 from skyreels.video import encode_mp4, encode_thumbnail
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ VIDEO = "video.mp4"
 THUMBNAIL = "thumbnail.jpg"
 INPUT_IMAGE = "input.png"
 LATENTS = "latents.safetensors"  # the checkpoint between the DiT and the decode
+STEPS = "steps.safetensors"  # the checkpoint of a denoising paused between two steps (preempted)
 
 # One path segment: starts with a letter or digit, no separators, no "..", bounded length.
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -51,6 +53,10 @@ class ArtifactStore:
         if self._local:
             self.fs.makedirs(self.root or "/", exist_ok=True)
         logger.info("artifacts at %s", url)
+
+    def __reduce__(self) -> tuple[type[ArtifactStore], tuple[str]]:
+        """Travels (to a gang's driver) as its URL."""
+        return ArtifactStore, (self.url,)
 
     def _dir(self, job_id: str) -> str:
         return f"{self.root}/{_check_segment('job id', job_id)}"
@@ -123,7 +129,8 @@ def store_video(artifacts: ArtifactStore, job_id: str, frames: np.ndarray, fps: 
 
 class LatentCheckpoint:
     """A job's denoised latents in its artifacts, written before the decode: a run cut off after the DiT
-    resumes at the decode instead of denoising again."""
+    resumes at the decode instead of denoising again. Also the latents of a denoising paused between two steps
+    (`save_steps`, by the gang's driver, from the main rank's latents): the next run goes on from that step."""
 
     def __init__(self, artifacts: ArtifactStore, job_id: str) -> None:
         self.artifacts, self.job_id = artifacts, job_id
@@ -137,5 +144,17 @@ class LatentCheckpoint:
     def save(self, latents: torch.Tensor) -> None:
         self.artifacts.put(self.job_id, LATENTS, save_tensors({"latents": latents.contiguous()}))
 
+    def load_steps(self) -> StepState | None:
+        try:
+            tensors = load_tensors(self.artifacts.get(self.job_id, STEPS))
+        except FileNotFoundError:
+            return None
+        return StepState(step=int(tensors["step"]), latents=tensors["latents"])
+
+    def save_steps(self, state: StepState) -> None:
+        self.artifacts.put(self.job_id, STEPS, save_tensors({"latents": state.latents.contiguous(),
+                                                             "step": torch.tensor(state.step)}))
+
     def discard(self) -> None:
         self.artifacts.remove(self.job_id, LATENTS)
+        self.artifacts.remove(self.job_id, STEPS)

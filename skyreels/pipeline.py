@@ -21,8 +21,8 @@ from skyreels.models import ModelSettings
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.optimize.offload import on_device
 from skyreels.parallel.mesh import MeshShape
-from skyreels.progress import StepCallback, StepProgress
-from skyreels.recipe import Denoised, Phase, Progress, Stages, generate, run_sync
+from skyreels.progress import StepCallback, StepProgress, StepState
+from skyreels.recipe import Checkpoint, Denoised, Phase, Progress, Stages, generate, run_sync
 from skyreels.request import GenerationRequest, Task
 from skyreels.result import GenerationResult
 from skyreels.runtime import configure_process
@@ -157,12 +157,20 @@ class InProcessStages:
             return self.pipeline.vae.encode_image(request.image, request.height, request.width, request.seed)
 
     async def denoise(self, task: Task, conditioning: Conditioning, params: DenoiseParams,
-                      image: ImageCondition | None) -> AsyncIterator[StepProgress | Denoised]:
+                      image: ImageCondition | None, checkpoint: Checkpoint | None = None
+                      ) -> AsyncIterator[StepProgress | Denoised]:
         latents = None
-        with self._visiting(self.pipeline.denoise):
-            weights_s = self.pipeline.denoise.load_adapters(params.loras)
-            for progress, latents in self.pipeline.denoise.steps(conditioning, params, image):
-                yield progress
+        resume = checkpoint.load_steps() if checkpoint is not None else None
+        done = resume.step if resume is not None else 0
+        try:
+            with self._visiting(self.pipeline.denoise):
+                weights_s = self.pipeline.denoise.load_adapters(params.loras)
+                for progress, latents in self.pipeline.denoise.steps(conditioning, params, image, resume):
+                    done = progress.step
+                    yield progress
+        finally:
+            if checkpoint is not None and latents is not None and done < params.num_inference_steps:
+                checkpoint.save_steps(StepState(done, latents.cpu()))  # closed early: paused after `done` steps
         yield Denoised(latents.cpu(), weights_s=weights_s)
 
     async def decode(self, latents: torch.Tensor, request: GenerationRequest) -> np.ndarray:

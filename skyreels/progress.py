@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -14,6 +18,15 @@ class StepProgress:
 
 
 StepCallback = Callable[[StepProgress], None]
+
+
+@dataclass(frozen=True)
+class StepState:
+    """Denoising paused between two steps: the latents (1, C, T', h, w) after `step` steps, float32, on the CPU.
+    A run given it goes on from step `step + 1` and ends with the latents the uninterrupted run ends with."""
+
+    step: int
+    latents: torch.Tensor
 
 
 class GenerationCancelled(Exception):

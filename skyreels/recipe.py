@@ -16,7 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
-from skyreels.progress import Phase, Progress, ProgressCallback, StepProgress
+from skyreels.progress import Phase, Progress, ProgressCallback, StepProgress, StepState
 from skyreels.request import GenerationRequest, Task
 from skyreels.stages.conditioning import Conditioning, ImageCondition
 from skyreels.stages.denoise import DenoiseParams
@@ -35,11 +35,16 @@ class Denoised:
 
 
 class Checkpoint(Protocol):
-    """Where the denoised latents of a run are kept until the video is made (skyreels.artifacts.LatentCheckpoint)."""
+    """Where the denoised latents of a run are kept until the video is made, and those of a denoising paused
+    between two steps (skyreels.artifacts.LatentCheckpoint)."""
 
     def load(self) -> torch.Tensor | None: ...
 
     def save(self, latents: torch.Tensor) -> None: ...
+
+    def load_steps(self) -> StepState | None: ...
+
+    def save_steps(self, state: StepState) -> None: ...
 
 
 class Stages(Protocol[Output]):
@@ -49,9 +54,11 @@ class Stages(Protocol[Output]):
 
     async def encode_image(self, request: GenerationRequest) -> ImageCondition: ...
 
-    def denoise(self, task: Task, conditioning: Conditioning, params: DenoiseParams,
-                image: ImageCondition | None) -> AsyncIterator[StepProgress | Denoised]:
-        """StepProgress after every step, then Denoised. Closing the stream early stops the steps."""
+    def denoise(self, task: Task, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None,
+                checkpoint: Checkpoint | None = None) -> AsyncIterator[StepProgress | Denoised]:
+        """StepProgress after every step, then Denoised. Closing the stream early stops the steps. With a
+        checkpoint, the steps go on from the step it holds (if any), and a stream closed early saves the step the
+        steps stopped at (`save_steps`, before the stage takes other work)."""
         ...
 
     async def decode(self, latents: torch.Tensor, request: GenerationRequest) -> Output: ...
@@ -71,13 +78,14 @@ async def generate(request: GenerationRequest, stages: Stages[Output], on_progre
     """One video: text -> (image) -> denoise -> decode. The request's seed must be resolved (`with_seed`).
 
     With a checkpoint the latents are saved before the decode, and a run that finds them saved starts at
-    the decode. Cancelling the task, or an `on_progress` that raises, stops the run between two steps.
+    the decode; a run stopped while denoising saves its last step there, and the next run goes on from it (a
+    preempted job). Cancelling the task, or an `on_progress` that raises, stops the run between two steps.
     """
     report = on_progress or (lambda _: None)
     timings: dict[str, float] = {}
     latents = saved = await asyncio.to_thread(checkpoint.load) if checkpoint is not None else None
     if saved is None:
-        latents = await _denoised_latents(request, stages, report, timings)
+        latents = await _denoised_latents(request, stages, report, timings, checkpoint)
         if checkpoint is not None:
             with timed(timings, "checkpoint"):
                 await asyncio.to_thread(checkpoint.save, latents)
@@ -89,7 +97,7 @@ async def generate(request: GenerationRequest, stages: Stages[Output], on_progre
 
 
 async def _denoised_latents(request: GenerationRequest, stages: Stages, report: ProgressCallback,
-                            timings: dict[str, float]) -> torch.Tensor:
+                            timings: dict[str, float], checkpoint: Checkpoint | None) -> torch.Tensor:
     params = DenoiseParams.from_request(request)
 
     report(Progress.entering(Phase.ENCODING_TEXT, params.num_inference_steps))
@@ -107,7 +115,7 @@ async def _denoised_latents(request: GenerationRequest, stages: Stages, report: 
     report(Progress.entering(Phase.DENOISING, params.num_inference_steps))
     denoised = None
     with timed(timings, "denoise"):
-        async with aclosing(stages.denoise(request.task, conditioning, params, image)) as events:
+        async with aclosing(stages.denoise(request.task, conditioning, params, image, checkpoint)) as events:
             async for event in events:
                 if isinstance(event, StepProgress):
                     report(Progress.denoised(event))

@@ -13,13 +13,19 @@ MLP linears, which the T2V and I2V models share).
 Quantised (torchao) weights are tensor subclasses: the bank keeps them quantised on the host (each inner tensor,
 the int8/fp8 data and the scales, copied or pinned) and torchao's copy_ puts them in place, inner tensor by inner
 tensor: no re-quantisation per swap.
+
+Pinned host memory comes from torch's caching host allocator, which rounds every block up to a power of two
+(torch 2.13: every block up to `pinned_max_round_threshold`, unlimited by default): pinning each of a model's ~1,000
+tensors on its own holds about 1.5x their size (25.6 GB of bf16 DiT took ~40 GB). The bank packs a model's tensors
+into slabs of at most PINNED_SLAB_BYTES whose sizes are powers of two, the tensors views into them, so the rounding
+adds nothing; `pinned_footprint` gives what that holds.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,6 +39,52 @@ logger = logging.getLogger(__name__)
 
 PEFT_WRAPPER = "base_layer"  # the module PEFT puts the original layer under
 PEFT_OWN = "lora_"  # PEFT's adapter modules and parameters: lora_A, lora_B, lora_magnitude_vector, ...
+PINNED_SLAB_BYTES = 256 * 2**20  # the largest slab of pinned host memory (the DiT's largest tensor is 94 MB)
+PINNED_ALIGNMENT = 512  # bytes; every tensor in a slab starts at a multiple (any dtype's alignment, DMA-friendly)
+
+
+def pinned_footprint(nbytes: Iterable[int]) -> int:
+    """The pinned host bytes the bank holds for one model whose dense tensors have these sizes in bytes (a quantised
+    weight counts as its inner tensors: data and scales), with torch's caching host allocator's rounding.
+
+    The bank packs the tensors (largest first, first fit, each at a multiple of PINNED_ALIGNMENT) into slabs of
+    PINNED_SLAB_BYTES; the last slabs shrink to the smallest power of two that holds what they got, and a tensor
+    larger than a slab gets a slab of its own, the power of two above it. A bank of several models (T2V and I2V)
+    holds the sum over its models.
+
+    For comparison, what diffusers' group offloading (skyreels.optimize.offload.stream_blocks) pins, tensor by
+    tensor, each block rounded up to a power of two (sum of 2**ceil(log2(nbytes)) over the tensors):
+    - keep_pinned (--high_cpu_memory; low_cpu_mem_usage=False): every parameter and buffer of the transformer is
+      pinned once, when the offloading is applied, and stays pinned: the per-tensor sum over the whole model, about
+      1.5x its size, on top of nothing else (the model's own pageable tensors are the ones copied).
+    - otherwise (low_cpu_mem_usage=True): the host copies stay pageable and each group's (one block's) tensors are
+      pinned at its onload and freed after it; the allocator caches the freed blocks and reuses them by their
+      power-of-two size, so what stays pinned is about the per-tensor sum of the two largest blocks (the one
+      computing and the one prefetched), a few hundred MB for the DiT, plus pageable memory for the whole model.
+    """
+    return sum(size for size, _placed in _pack_slabs(list(nbytes)))
+
+
+def _pack_slabs(nbytes: list[int]) -> list[tuple[int, list[tuple[int, int]]]]:
+    """Slabs for tensors of these sizes: (slab bytes, [(tensor index, byte offset)]); every slab a power of two."""
+    slabs: list[tuple[int, list[tuple[int, int]]]] = []
+    open_slabs: list[list] = []  # [used bytes, placed]
+    for index in sorted(range(len(nbytes)), key=lambda i: -nbytes[i]):
+        size = -(-nbytes[index] // PINNED_ALIGNMENT) * PINNED_ALIGNMENT
+        if size > PINNED_SLAB_BYTES:
+            slabs.append((_power_of_two_above(size), [(index, 0)]))
+            continue
+        slab = next((slab for slab in open_slabs if slab[0] + size <= PINNED_SLAB_BYTES), None)
+        if slab is None:
+            slab = [0, []]
+            open_slabs.append(slab)
+        slab[1].append((index, slab[0]))
+        slab[0] += size
+    return slabs + [(_power_of_two_above(used), placed) for used, placed in open_slabs]
+
+
+def _power_of_two_above(size: int) -> int:
+    return 1 << max(size - 1, 0).bit_length()
 
 
 class WeightBank(Protocol):
@@ -177,21 +229,51 @@ def _slots(transformer: nn.Module) -> dict[str, _Slot]:
 
 def _host_weights(model: nn.Module, pin: bool, owned: bool) -> HostWeights:
     """owned: `model` is a host model made for the bank, whose unpinned tensors may be kept as they are."""
-    tensors = {name: _to_host(slot.tensor.detach(), pin, owned) for name, slot in _slots(model).items()}
+    tensors = {name: slot.tensor.detach() for name, slot in _slots(model).items()}
+    leaves = [leaf for tensor in tensors.values() for leaf in _leaves(tensor)]
+    if pin or not owned or any(leaf.device.type != "cpu" for leaf in leaves):
+        copies = iter(_slab_copies(leaves, pin))
+        tensors = {name: _rebuild(tensor, copies) for name, tensor in tensors.items()}
     config = {key: value for key, value in dict(model.config).items() if not key.startswith("_")}
     return HostWeights(tensors, config)
 
 
-def _to_host(tensor: torch.Tensor, pin: bool, owned: bool) -> torch.Tensor:
-    if is_traceable_wrapper_subclass(tensor):  # a quantised weight: its inner tensors, kept quantised
+def _leaves(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The dense tensors of `tensor`: itself, or a quantised weight's inner tensors (data, scales)."""
+    if is_traceable_wrapper_subclass(tensor):
+        return [leaf for name in tensor.__tensor_flatten__()[0] for leaf in _leaves(getattr(tensor, name))]
+    return [tensor]
+
+
+def _rebuild(tensor: torch.Tensor, copies: Iterator[torch.Tensor]) -> torch.Tensor:
+    """`tensor` made of the next of `copies` (in the order of `_leaves`); a quantised weight stays quantised."""
+    if is_traceable_wrapper_subclass(tensor):
         names, meta = tensor.__tensor_flatten__()
-        inner = {name: _to_host(getattr(tensor, name), pin, owned) for name in names}
+        inner = {name: _rebuild(getattr(tensor, name), copies) for name in names}
         return type(tensor).__tensor_unflatten__(inner, meta, tensor.size(), tensor.stride())
-    if owned and not pin and tensor.device.type == "cpu":
-        return tensor
-    host = torch.empty_like(tensor, device="cpu", pin_memory=pin)
-    host.copy_(tensor)
-    return host
+    return next(copies)
+
+
+def _slab_copies(tensors: list[torch.Tensor], pin: bool) -> list[torch.Tensor]:
+    """Host copies of `tensors` (same shapes, strides and values), views into slabs laid out by `_pack_slabs`."""
+    spans = [_span_bytes(tensor) for tensor in tensors]
+    copies: list[torch.Tensor | None] = [None] * len(tensors)
+    for size, placed in _pack_slabs(spans):
+        slab = torch.empty(size, dtype=torch.uint8, pin_memory=pin)
+        for index, offset in placed:
+            tensor = tensors[index]
+            elements = slab[offset:offset + spans[index]].view(tensor.dtype)
+            copy = elements.as_strided(tensor.size(), tensor.stride())
+            copy.copy_(tensor)
+            copies[index] = copy
+    return copies
+
+
+def _span_bytes(tensor: torch.Tensor) -> int:
+    """The bytes of storage `tensor`'s elements span, whatever its strides."""
+    if tensor.numel() == 0:
+        return 0
+    return (1 + sum((size - 1) * stride for size, stride in zip(tensor.size(), tensor.stride()))) * tensor.element_size()
 
 
 def _put(slot: _Slot, host: torch.Tensor, name: str) -> None:

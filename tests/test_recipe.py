@@ -30,7 +30,7 @@ class RecordingStages:
         self.calls.append(("encode_image", request.seed))
         return "image"
 
-    async def denoise(self, task, conditioning, params, image) -> AsyncIterator:
+    async def denoise(self, task, conditioning, params, image, checkpoint=None) -> AsyncIterator:
         self.calls.append(("denoise", task, conditioning, params.num_inference_steps, image))
         try:
             for step in range(1, params.num_inference_steps + 1):

@@ -394,6 +394,7 @@ function classedElement(tag, className) {
       guidance_scale: floatField(el.guidance, "Guidance scale"),
       embedded_guidance_scale: floatField(el.embedded, "Embedded guidance scale"),
       fps: intField(el.fps, "Frames per second", { min: 1 }),
+      priority: "interactive", // someone is watching: ahead of batch backlogs (a key without it gets 403)
     };
     const negative = el.negative.value.trim();
     if (negative) params.negative_prompt = negative;
@@ -537,8 +538,9 @@ function classedElement(tag, className) {
     switch (job.status) {
       case "queued": {
         const pos = job.queue_position;
-        if (pos == null) return "Queued";
-        return pos <= 0 ? "Queued — next in line" : `Queued — position ${pos} in the queue`;
+        const paused = job.preemptions ? ` (paused ${job.preemptions}× for interactive jobs; resumes at step ${job.current_step})` : "";
+        if (pos == null) return `Queued${paused}`;
+        return (pos <= 0 ? "Queued — next in line" : `Queued — position ${pos} in the queue`) + paused;
       }
       case "in_progress": {
         let text = PHASE_TEXT[job.phase] || job.phase || "Running";

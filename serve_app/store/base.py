@@ -10,9 +10,12 @@ when that claim holds unless renewed (`lease_expires_at`), and whether a client 
 (`cancel_requested`).
 
 The queue: a `queued` job is claimed atomically by one runner (any ingress replica), which starts its next run
-in the same transaction. The order: re-runs of cut-off jobs first, then jobs of a model the gangs hold (those of
-the running jobs, and of the job started last) so that weight swaps stay rare, unless a job has waited longer
-than the grouping delay; oldest first within each (QUEUE_ORDER).
+in the same transaction. The order (QUEUE_ORDER): re-runs of cut-off jobs first (a preempted job is no re-run:
+it waits in its class); then higher priority classes; then, within a class, fair sharing between API keys
+(weighted fair queuing: each job's start tag is what its key has running in that class plus what it queued
+before this job, in estimated GPU-seconds over the key's weight, and the smallest tag goes first); then jobs of a
+model the gangs hold (those of the running jobs, and of the job started last) so that weight swaps stay rare,
+unless a job has waited longer than the grouping delay; oldest first.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from serve_app.schemas import Attempt, Job, JobStatus
+from serve_app.schemas import Attempt, ErrorCode, Job, JobStatus
 
 TERMINAL = tuple(status for status in JobStatus if status.is_terminal)
 QUEUED, IN_PROGRESS = JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value
@@ -39,6 +42,8 @@ COLUMNS = {
     "lease_owner": "TEXT",
     "lease_expires_at": "DOUBLE PRECISION",
     "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
+    "priority": "INTEGER NOT NULL DEFAULT 1",  # the class's rank (Priority.rank): 0 goes first
+    "charge": "DOUBLE PRECISION NOT NULL DEFAULT 0",  # what fair sharing charges the job: GPU-seconds / weight
 }
 TABLES = (
     "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at DOUBLE PRECISION NOT "
@@ -57,12 +62,20 @@ INDEXES = (
 # The models the gangs hold: those of the running jobs, and of the job started last (its gang kept it).
 HELD_MODELS = (f"SELECT model FROM jobs WHERE status = '{IN_PROGRESS}' UNION SELECT model FROM (SELECT model FROM "
                "jobs WHERE claimed_at IS NOT NULL ORDER BY claimed_at DESC LIMIT 1) AS started_last")
-# The queue's order: re-runs first; then jobs of a held model, or that waited past the grouping delay (the `?`:
-# the creation time before which they did); oldest first. Taking the first is the policy: the oldest job of a held
-# model, unless the oldest job of all waited past the delay (it is then first of all).
+# The queued jobs with their sort keys: re-run or not; class; fair-sharing start tag (the charge its owner has
+# running in the class, plus that of the owner's jobs queued before it in the class); held model, or waited past
+# the grouping delay (the `?`: the creation time before which they did). Taking the first by QUEUE_ORDER is the
+# policy: within a class and a tie of tags, the oldest job of a held model, unless the oldest of all waited past
+# the delay.
 RERUN_KEY = "CASE WHEN runs > 0 THEN 0 ELSE 1 END"
 GROUP_KEY = f"CASE WHEN model IN ({HELD_MODELS}) OR created_at < ? THEN 0 ELSE 1 END"
-QUEUE_ORDER = f"{RERUN_KEY}, {GROUP_KEY}, created_at, id"
+SERVED = (f"SELECT priority AS served_priority, COALESCE(owner, '') AS served_owner, SUM(charge) AS served FROM jobs "
+          f"WHERE status = '{IN_PROGRESS}' GROUP BY priority, COALESCE(owner, '')")
+QUEUE = (f"SELECT id, {RERUN_KEY} AS rerun, priority, COALESCE(served, 0) + COALESCE(SUM(charge) OVER (PARTITION "
+         "BY priority, COALESCE(owner, '') ORDER BY created_at, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), "
+         f"0) AS share, {GROUP_KEY} AS grouped, created_at FROM jobs LEFT JOIN ({SERVED}) AS running ON "
+         f"served_priority = priority AND served_owner = COALESCE(owner, '') WHERE status = '{QUEUED}'")
+QUEUE_ORDER = "rerun, priority, share, grouped, created_at, id"
 
 
 class JobChanged(Exception):
@@ -296,8 +309,11 @@ class JobStore(ABC):
         holds `lease_s` unless renewed; None when nothing waits. No two runners ever claim one job."""
         now = time.time() if now is None else now
         with self._writing() as db:
-            row = db.one(f"SELECT data FROM jobs WHERE status = '{QUEUED}' ORDER BY {QUEUE_ORDER} LIMIT 1"
-                         f"{self.SKIP_LOCKED}", (now - group_delay_s,))
+            # the status again outside: PostgreSQL re-checks a row claimed meanwhile on these conditions only
+            row = db.one(f"SELECT jobs.data FROM jobs JOIN ({QUEUE}) AS queue ON queue.id = jobs.id WHERE jobs.status "
+                         f"= '{QUEUED}' ORDER BY "
+                         f"{', '.join(f'queue.{key}' for key in QUEUE_ORDER.split(', '))} LIMIT 1{self.SKIP_LOCKED}",
+                         (now - group_delay_s,))
             if row is None:
                 return None
             job = started(Job.model_validate_json(row[0]), runner, now)
@@ -310,13 +326,18 @@ class JobStore(ABC):
         the job is not queued."""
         now = time.time() if now is None else now
         with self._reading() as db:
+            keys = QUEUE_ORDER.split(", ")
             position = db.one(
-                f"WITH queue AS (SELECT id, {RERUN_KEY} AS rerun, {GROUP_KEY} AS grouped, created_at FROM jobs "
-                f"WHERE status = '{QUEUED}') "
-                "SELECT COUNT(*) FROM queue AS ahead, queue AS job WHERE job.id = ? AND (ahead.rerun, ahead.grouped, "
-                "ahead.created_at, ahead.id) <= (job.rerun, job.grouped, job.created_at, job.id)",
+                f"WITH queue AS ({QUEUE}) SELECT COUNT(*) FROM queue AS ahead, queue AS job WHERE job.id = ? AND "
+                f"({', '.join(f'ahead.{key}' for key in keys)}) <= ({', '.join(f'job.{key}' for key in keys)})",
                 (now - group_delay_s, job_id))[0]
         return position or None
+
+    def waiting_since(self, priority: int) -> float | None:
+        """When the oldest queued job of this class (Priority.rank) was submitted; None when none waits."""
+        with self._reading() as db:
+            return db.one(f"SELECT MIN(created_at) FROM jobs WHERE status = '{QUEUED}' AND priority = ?",
+                          (priority,))[0]
 
     def renew(self, runner: str, lease_s: float, running: Collection[str], now: float | None = None) -> Leases:
         """The runner's heartbeat: its leases hold `lease_s` more; which of its `running` jobs it lost, and which
@@ -367,8 +388,10 @@ def started(job: Job, runner: str, now: float) -> Job:
 
 def _row(job: Job) -> dict[str, Any]:
     """The job's stored columns, as of its JSON."""
+    runs = sum(a.error is None or a.error.code is not ErrorCode.PREEMPTED for a in job.attempts)  # not a re-run
     return {"status": job.status.value, "created_at": job.created_at, "data": job.model_dump_json(),
-            "owner": job.owner, "model": job.model, "runs": len(job.attempts), "completed_at": job.completed_at}
+            "owner": job.owner, "model": job.model, "runs": runs, "completed_at": job.completed_at,
+            "priority": job.priority.rank, "charge": job.estimated_gpu_s / job.share_weight}
 
 
 def _marks(values: Collection[Any]) -> str:

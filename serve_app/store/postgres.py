@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from serve_app.store.base import JobStore, Session
+from serve_app.store.base import COLUMNS, JobStore, Session
 
 if TYPE_CHECKING:
     import psycopg
@@ -29,8 +29,8 @@ CONNECT_TIMEOUT_S = 10  # the store is called on the ingress's event loop: an un
 
 class PostgresJobStore(JobStore):
     shared = True
-    LOCK = " FOR UPDATE"
-    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+    LOCK = " FOR UPDATE OF jobs"  # OF: the claim joins the queue's sort keys, whose rows are not locked
+    SKIP_LOCKED = " FOR UPDATE OF jobs SKIP LOCKED"
 
     def __init__(self, url: str) -> None:
         import psycopg  # only PostgreSQL users need it: pip install 'skyreels-serve[postgres]'
@@ -42,6 +42,10 @@ class PostgresJobStore(JobStore):
             db.one("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
             self._create_schema(db)
         logger.info("job store in PostgreSQL at %s", _without_password(url))
+
+    def _migrate(self, db: Session) -> None:
+        for name, kind in COLUMNS.items():  # columns a database made by an older version lacks (empty or default)
+            db.run(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {name} {kind}")
 
     def close(self) -> None:
         self._closed.set()

@@ -16,7 +16,9 @@ logger = logging.getLogger(__name__)
 MEMORY = ":memory:"
 # Columns a database made before the queue moved into the store lacks, filled from each job's JSON.
 BACKFILL = {"owner": "json_extract(data, '$.owner')", "model": "json_extract(data, '$.model')",
-            "runs": "json_array_length(data, '$.attempts')", "completed_at": "json_extract(data, '$.completed_at')"}
+            "runs": "json_array_length(data, '$.attempts')", "completed_at": "json_extract(data, '$.completed_at')",
+            "charge": "COALESCE(json_extract(data, '$.estimated_gpu_s') / json_extract(data, '$.share_weight'), 0)",
+            "priority": "CASE json_extract(data, '$.priority') WHEN 'interactive' THEN 0 ELSE 1 END"}
 
 
 class SqliteJobStore(JobStore):

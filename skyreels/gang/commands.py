@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 from PIL import Image
 
+from skyreels.progress import StepState
 from skyreels.request import Task
 from skyreels.stages.conditioning import Conditioning, ImageCondition
 from skyreels.stages.denoise import DenoiseParams
@@ -45,13 +46,15 @@ class EncodeImage:
 
 @dataclass(frozen=True)
 class Denoise:
-    """-> StepProgress after every step, then Denoised. The mesh splits the CFG branches and the video tokens."""
+    """-> StepProgress after every step, then Denoised; stopped between two steps, StepState instead (the main
+    rank's latents, for the driver to checkpoint). The mesh splits the CFG branches and the video tokens."""
 
     runs_on: ClassVar[RunsOn] = RunsOn.EVERY_RANK
     task: Task
     conditioning: Conditioning
     params: DenoiseParams
     image: ImageCondition | None
+    resume: StepState | None = None  # go on from this paused step
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from skyreels.gang.process import rank_process
 from skyreels.gang.rank import RankSpec
 from skyreels.gang.rank_loop import DEATH_POLL_S, Answered, Failed, Ready
 from skyreels.parallel.group import free_port
-from skyreels.progress import StepProgress
-from skyreels.recipe import Denoised
+from skyreels.progress import StepProgress, StepState
+from skyreels.recipe import Checkpoint, Denoised
 from skyreels.request import GenerationRequest, Task
 from skyreels.stages.conditioning import Conditioning, ImageCondition
 from skyreels.stages.denoise import DenoiseParams
@@ -122,8 +122,10 @@ class LocalGangStages:
         return self._one(EncodeImage(request.image, request.height, request.width, request.seed))
 
     async def denoise(self, task: Task, conditioning: Conditioning, params: DenoiseParams,
-                      image: ImageCondition | None) -> AsyncIterator[StepProgress | Denoised]:
-        answers = self.gang.run(Denoise(task, conditioning, params, image))
+                      image: ImageCondition | None, checkpoint: Checkpoint | None = None
+                      ) -> AsyncIterator[StepProgress | Denoised]:
+        resume = checkpoint.load_steps() if checkpoint is not None else None
+        answers = self.gang.run(Denoise(task, conditioning, params, image, resume))
         finished = False
         try:
             for event in answers:
@@ -132,8 +134,9 @@ class LocalGangStages:
         finally:
             if not finished:  # closed early (cancelled): the ranks stop after the step in flight
                 self.gang.stop_steps()
-                for _ in answers:  # the rest of their answer, so that the next command starts clean
-                    pass
+                for item in answers:  # the rest of their answer, so that the next command starts clean
+                    if isinstance(item, StepState) and checkpoint is not None:
+                        checkpoint.save_steps(item)
 
     async def decode(self, latents: torch.Tensor, request: GenerationRequest) -> np.ndarray:
         return self._one(Decode(latents))

@@ -19,6 +19,7 @@ from skyreels.models import ModelSettings
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.parallel.group import GroupSpec, any_rank, destroy_group, init_group
 from skyreels.parallel.mesh import DeviceMesh, MeshShape
+from skyreels.progress import StepState
 from skyreels.recipe import Denoised
 from skyreels.request import Task
 from skyreels.runtime import configure_process
@@ -99,17 +100,20 @@ class GangRank:
 
     def _denoise(self, command: Denoise) -> Iterator[Any]:
         """Every rank runs the steps; after each one the ranks agree whether any was asked to stop, so that
-        they stop together and none is left waiting in a collective. The driver clears the stop flag.
+        they stop together and none is left waiting in a collective; the main rank then answers the step and
+        latents it stopped at (StepState). The driver clears the stop flag.
 
         Every rank swaps to the task's weights and loads the request's LoRA adapters first (all run every Denoise,
         so they do it together)."""
         stage = self.denoisers[command.task]
         weights_s = self.weights.activate(command.task) + stage.load_adapters(command.params.loras)
         latents = None
-        for progress, latents in stage.steps(command.conditioning, command.params, command.image):
+        for progress, latents in stage.steps(command.conditioning, command.params, command.image, command.resume):
             if self.is_main:
                 yield progress
             if progress.step < progress.total and any_rank(self.stop.is_set(), stage.device):
+                if self.is_main:  # paused: the driver checkpoints where the steps stopped
+                    yield StepState(progress.step, latents.cpu())
                 return
         if self.is_main:
             yield Denoised(latents.cpu(), weights_s=weights_s)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from skyreels.lora.spec import LoraSpec
 from skyreels.parallel.mesh import DeviceMesh, MeshShape
-from skyreels.progress import StepProgress
+from skyreels.progress import StepProgress, StepState
 from skyreels.random_full import LATENT_CHANNELS, RandomTextEncoderStage
 from skyreels.request import Task
 from skyreels.sim.faults import FaultPlan
@@ -85,7 +85,8 @@ class SimDenoiseStage:
         return 0.0
 
     def steps(
-        self, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None
+        self, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None,
+        resume: StepState | None = None,
     ) -> Iterator[tuple[StepProgress, torch.Tensor]]:
         if self.takes_image != (image is not None):
             raise ValueError(f"the sim's {self.task.value} DiT {'needs' if self.takes_image else 'takes no'} image")
@@ -103,7 +104,7 @@ class SimDenoiseStage:
         self._calls += 1
         noise = self.initial_noise(params, image)
         total = params.num_inference_steps
-        for step in range(1, total + 1):
+        for step in range(1 + (resume.step if resume is not None else 0), total + 1):
             self.options.hold(seconds)
             if step == (total + 1) // 2:
                 plan.strike("denoise", self.options.fail_rate, chance, crashes_here=rank == mesh.world_size - 1)

@@ -19,7 +19,7 @@ from skyreels.optimize.config import OptimizeConfig
 from skyreels.parallel.cfg import gather_branches
 from skyreels.parallel.joint_attention import use_joint_attention
 from skyreels.parallel.mesh import DeviceMesh
-from skyreels.progress import StepCallback, StepProgress
+from skyreels.progress import StepCallback, StepProgress, StepState
 from skyreels.request import GenerationRequest
 from skyreels.stages.conditioning import Conditioning, ImageCondition, PromptEmbeds
 from skyreels.upstream import reset_step_cache
@@ -194,17 +194,20 @@ class DenoiseStage:
         return self.adapters.load(loras)
 
     def steps(
-        self, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None
+        self, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None,
+        resume: StepState | None = None,
     ) -> Iterator[tuple[StepProgress, torch.Tensor]]:
-        """The sampling loop, one step per iteration: the caller may stop between any two steps. The request's
+        """The sampling loop, one step per iteration: the caller may stop between any two steps, and a later call
+        given `resume` (the step and latents it stopped at) goes on from there to the same latents. The request's
         LoRA adapters are on from the first step to the last, or until the caller stops."""
         self.load_adapters(params.loras)
         with self.adapters.applied(params.loras):
-            yield from self._steps(conditioning, params, image)
+            yield from self._steps(conditioning, params, image, resume)
 
     @torch.inference_mode()
     def _steps(
-        self, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None
+        self, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None,
+        resume: StepState | None,
     ) -> Iterator[tuple[StepProgress, torch.Tensor]]:
         if self.takes_image != (image is not None):
             raise ValueError(
@@ -218,17 +221,19 @@ class DenoiseStage:
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         sigmas = np.linspace(1.0, 0.0, params.num_inference_steps + 1)[:-1]
         scheduler.set_timesteps(sigmas=sigmas, device=self.device)
-        scheduler.set_begin_index(0)
+        first = resume.step if resume is not None else 0
+        scheduler.set_begin_index(first)
 
         if self.transformer.is_cache_enabled:
-            reset_step_cache(self.transformer)  # the cache compares steps of this video only
-        latents = self.initial_noise(params, image).to(self.device)
+            # the cache compares steps of this video only; a resumed run computes its first step in full
+            reset_step_cache(self.transformer)
+        latents = (resume.latents if resume is not None else self.initial_noise(params, image)).to(self.device)
         image_latents = self._padded_image_latents(image, params) if image is not None else None
         conditioning = conditioning.to(self.device, self.dtype)
         guidance = torch.tensor([params.embedded_guidance_scale * 1000.0], dtype=self.dtype, device=self.device)
 
         total = len(scheduler.timesteps)
-        for index, timestep in enumerate(scheduler.timesteps):
+        for index, timestep in enumerate(scheduler.timesteps[first:], start=first):
             model_input = latents.to(self.dtype)
             if image_latents is not None:
                 model_input = torch.cat([model_input, image_latents], dim=1)

@@ -14,7 +14,7 @@ from serve_app.runner import JobRunner
 from serve_app.schemas import Job, VideoCreateParams
 from skyreels.artifacts import VIDEO, ArtifactStore, StoredVideo
 from skyreels.models import SERVED_MODEL_IDS, ServedModel
-from skyreels.progress import StepProgress
+from skyreels.progress import StepProgress, StepState
 from skyreels.recipe import Denoised
 from skyreels.request import Task
 
@@ -51,6 +51,8 @@ class Stages:
         self.faults: dict[str, list[BaseException | None]] = {"encode": [], "denoise": [], "decode": []}
         self.hang: dict[str, asyncio.Event] = {}
         self.denoise_closed = 0
+        self.started_at_step: list[int] = []  # the step each denoise began after (0: from the noise)
+        self.steps_run = 0  # denoising steps run, over all jobs
         self.entered = defaultdict(asyncio.Event)
 
     async def _enter(self, stage: str) -> None:
@@ -65,15 +67,23 @@ class Stages:
         await self._enter("encode")
         return "conditioning"
 
-    async def denoise(self, task, conditioning, params, image) -> AsyncIterator:
+    async def denoise(self, task, conditioning, params, image, checkpoint=None) -> AsyncIterator:
+        """As the gang: goes on from the step the checkpoint holds, and saves the step it is stopped at."""
+        resume = checkpoint.load_steps() if checkpoint is not None else None
+        done = resume.step if resume is not None else 0
+        self.started_at_step.append(done)
         try:
             await self._enter("denoise")
-            for step in range(1, params.num_inference_steps + 1):
+            for step in range(done + 1, params.num_inference_steps + 1):
                 if self.step_permits is not None:
                     await self.step_permits.get()
+                done = step
+                self.steps_run += 1
                 yield StepProgress(step, params.num_inference_steps)
             yield Denoised(torch.full((1, 4, 3, 8, 8), 0.5))
         finally:
+            if checkpoint is not None and done < params.num_inference_steps:
+                checkpoint.save_steps(StepState(done, torch.full((1, 4, 3, 8, 8), float(done))))
             self.denoise_closed += 1
 
     async def decode_to_storage(self, job_id, latents, fps):
@@ -89,10 +99,12 @@ class Stages:
         return text, denoiser, vae
 
 
-async def submit(runner: JobRunner, prompt: str = "a kite") -> Job:
-    params = VideoCreateParams(prompt=prompt, size="64x64", num_frames=9, num_inference_steps=3, seed=5)
+async def submit(runner: JobRunner, prompt: str = "a kite", **fields) -> Job:
+    """`fields`: the job's own (priority, owner, ...) beside the body's; steps: num_inference_steps (default 3)."""
+    steps = fields.pop("steps", 3)
+    params = VideoCreateParams(prompt=prompt, size="64x64", num_frames=9, num_inference_steps=steps, seed=5)
     job, _ = new_job(params, None, SERVED)
-    return await runner.submit(job, None)
+    return await runner.submit(job.model_copy(update=fields), None)
 
 
 async def finished(runner: JobRunner, job_id: str, timeout_s: float = 20) -> Job:

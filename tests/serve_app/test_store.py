@@ -343,3 +343,39 @@ def test_an_old_sqlite_database_is_brought_up_to_date(tmp_path: Path):
         assert [j.id for j in store.list(owner="key_a")[0]] == ["queued"]
         assert [t.job.id for t in store.take_expired("r1", LEASE_S)] == ["running"]  # no lease: expired
         assert claim(store) == "queued"
+
+
+def test_interactive_jobs_go_before_batch_ones_and_re_runs_before_both(store: JobStore):
+    cut = [Attempt(number=1, started_at=1.0, ended_at=2.0, error=JobError(code=ErrorCode.INTERRUPTED, message="x"))]
+    paused = [Attempt(number=1, started_at=1.0, ended_at=2.0, error=JobError(code=ErrorCode.PREEMPTED, message="x"))]
+    store.add(make_job("batch-old", created_at=1.0, priority="batch"))
+    store.add(make_job("batch-preempted", created_at=2.0, priority="batch", attempts=paused))
+    store.add(make_job("interactive", created_at=3.0, priority="interactive"))
+    store.add(make_job("batch-rerun", created_at=4.0, priority="batch", attempts=cut))
+    order = ["batch-rerun", "interactive", "batch-old", "batch-preempted"]
+    # a preempted job is no re-run: it waits in its class, oldest first there
+    assert [store.queue_position(j, DELAY_S, now=10.0) for j in order] == [1, 2, 3, 4]
+    assert [claim(store, now=10.0) for _ in order] == order
+
+
+def test_fair_sharing_between_two_batch_keys_is_by_gpu_seconds(store: JobStore):
+    # key A queued a backlog of big videos first; key B's small previews come later
+    for i in range(5):
+        store.add(make_job(f"a{i}", created_at=1.0 + i, owner="key_a", estimated_gpu_s=100.0))
+    for i in range(6):
+        store.add(make_job(f"b{i}", created_at=10.0 + i, owner="key_b", estimated_gpu_s=25.0))
+    claims = [claim(store, now=20.0) for _ in range(11)]
+    # B never waits for A's whole backlog: each key's next job has the smaller start tag (running + queued before)
+    assert claims[:6] == ["a0", "b0", "b1", "b2", "b3", "a1"]
+    assert claims.index("b5") < claims.index("a4")
+    assert sorted(claims) == sorted(f"a{i}" for i in range(5)) + sorted(f"b{i}" for i in range(6))
+
+
+def test_a_heavier_key_gets_more_and_queue_positions_follow_the_claims(store: JobStore):
+    for i in range(4):
+        store.add(make_job(f"a{i}", created_at=1.0 + i, owner="key_a", estimated_gpu_s=10.0, share_weight=3.0))
+        store.add(make_job(f"b{i}", created_at=1.5 + i, owner="key_b", estimated_gpu_s=10.0))
+    positions = {j.id: store.queue_position(j.id, DELAY_S, now=20.0) for j in store.in_status(JobStatus.QUEUED)}
+    claims = [claim(store, now=20.0) for _ in range(8)]
+    assert sorted(positions, key=positions.get) == claims
+    assert claims[:6] == ["a0", "b0", "a1", "a2", "b1", "a3"]  # weight 3: three of A's for each of B's
