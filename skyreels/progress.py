@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 class StepProgress:
     step: int  # 1-based: the number of denoising steps done
     total: int
+    seconds: float = 0.0  # this step's time on the rank that ran it (a gang rank reports it; 0.0: not measured)
 
 
 StepCallback = Callable[[StepProgress], None]

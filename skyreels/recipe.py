@@ -27,11 +27,24 @@ Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
+class DenoiseFigures:
+    """What a gang rank counted while it denoised one video, for whoever records metrics (zeros: not counted)."""
+
+    swap_s: float = 0.0  # putting the task's transformer weights in place
+    lora_s: float = 0.0  # loading the request's LoRA adapters that were not loaded yet
+    adapter_hits: int = 0  # adapters of the request already loaded (the adapter cache's hits)
+    adapter_loads: int = 0  # adapters loaded for it (misses)
+    forwards: int = 0  # DiT forwards the step cache decided on (each CFG branch counts; 0 without the cache)
+    forwards_skipped: int = 0  # of those, the ones it skipped
+
+
+@dataclass(frozen=True)
 class Denoised:
     """The last item of a denoise stream: the denoised latents (1, C, T', h, w), float32, on the CPU."""
 
     latents: torch.Tensor
     weights_s: float = 0.0  # of the stream's time, spent putting the weights in place (model swap, LoRA loads)
+    figures: DenoiseFigures = field(default_factory=DenoiseFigures)
 
 
 class Checkpoint(Protocol):

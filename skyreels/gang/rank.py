@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -19,10 +20,12 @@ from skyreels.models import ModelSettings
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.parallel.group import GroupSpec, any_rank, destroy_group, init_group
 from skyreels.parallel.mesh import DeviceMesh, MeshShape
+from skyreels.optimize.cache import step_cache_use
 from skyreels.progress import StepState
-from skyreels.recipe import Denoised
+from skyreels.recipe import DenoiseFigures, Denoised
 from skyreels.request import Task
 from skyreels.runtime import configure_process
+from skyreels.stages.denoise import DenoiseStage
 
 logger = logging.getLogger(__name__)
 
@@ -106,17 +109,29 @@ class GangRank:
         Every rank swaps to the task's weights and loads the request's LoRA adapters first (all run every Denoise,
         so they do it together)."""
         stage = self.denoisers[command.task]
-        weights_s = self.weights.activate(command.task) + stage.load_adapters(command.params.loras)
+        model_stage = isinstance(stage, DenoiseStage)  # the sim's stand-in keeps no adapters and no step cache
+        adapters = stage.adapters if model_stage else None
+        hits, misses = (adapters.hits, adapters.misses) if adapters is not None else (0, 0)
+        swap_s = self.weights.activate(command.task)
+        lora_s = stage.load_adapters(command.params.loras)
+        if adapters is not None:  # this load's lookups (the steps look the adapters up again)
+            hits, misses = adapters.hits - hits, adapters.misses - misses
         latents = None
+        clock = time.perf_counter()
         for progress, latents in stage.steps(command.conditioning, command.params, command.image, command.resume):
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize(self.device)  # the step's kernels, not just their launches
             if self.is_main:
-                yield progress
+                yield replace(progress, seconds=time.perf_counter() - clock)
+            clock = time.perf_counter()  # the next step's time starts here, not while the consumer held the answer
             if progress.step < progress.total and any_rank(self.stop.is_set(), stage.device):
                 if self.is_main:  # paused: the driver checkpoints where the steps stopped
                     yield StepState(progress.step, latents.cpu())
                 return
         if self.is_main:
-            yield Denoised(latents.cpu(), weights_s=weights_s)
+            figures = DenoiseFigures(swap_s=swap_s, lora_s=lora_s, adapter_hits=hits, adapter_loads=misses,
+                                     **(step_cache_use(stage.transformer) if model_stage else {}))
+            yield Denoised(latents.cpu(), weights_s=swap_s + lora_s, figures=figures)
 
     def _stage(self, stage: Any, name: str) -> Any:
         if stage is None:

@@ -45,6 +45,7 @@ class AdapterCache:
         self.optimize = optimize or OptimizeConfig()
         self.settings = settings or ModelSettings()
         self._loaded: OrderedDict[str, Path] = OrderedDict()  # adapter name -> file, most recently used last
+        self.hits = self.misses = 0  # adapters that `load` found loaded / had to load, since the cache was made
 
     @property
     def loaded(self) -> list[Path]:
@@ -61,6 +62,8 @@ class AdapterCache:
         self.check(loras)
         wanted = {self._name(lora): lora for lora in loras}
         new = [name for name in wanted if name not in self._loaded]
+        self.hits += len(wanted) - len(new)
+        self.misses += len(new)
         for name in wanted:
             if name in self._loaded:
                 self._loaded.move_to_end(name)

@@ -89,6 +89,15 @@ def log_step_cache_use(transformer: nn.Module) -> None:
     logger.info("step cache (threshold %s): skipped %d of %d DiT forwards", hook.threshold, hook.skips, hook.forwards)
 
 
+def step_cache_use(transformer: nn.Module) -> dict[str, int]:
+    """The DiT forwards of the last video that the step cache decided on, and those it skipped
+    (DenoiseFigures' fields; none without the cache)."""
+    if not transformer.is_cache_enabled:
+        return {}
+    hook = step_cache_hook(transformer)
+    return {"forwards": hook.forwards, "forwards_skipped": hook.skips}
+
+
 def step_cache_hook(transformer: nn.Module) -> GangFirstBlockHook:
     """The hook that decides: its `threshold` may be changed between videos; `skips` / `forwards` count the last."""
     return _head_block_registry(transformer).get_hook(FBC_LEADER_HOOK)
