@@ -3,6 +3,10 @@
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from skyreels import cuda_free_imports
+
+cuda_free_imports.install()  # before anything imports diffusers (and through it torchao): see that module
+
 # Names load on first use: `import skyreels.cli` (and so `skyreels --help`) must not pay for torch and
 # diffusers before the arguments are parsed.
 _HOMES = {
