@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from deployments.tracing import TracingConfig
 from skyreels.loader import StageLoader, stage_loader
 from skyreels.models import SERVED_MODEL_IDS, TINY, ServedModel
 from skyreels.optimize import OptimizeConfig
@@ -23,6 +24,8 @@ class StageConfig(BaseModel):
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where each stage runs its model.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights and activations.")
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig, description="Speed and memory options.")
+    tracing: TracingConfig = Field(default_factory=TracingConfig, description="Where every process of the app "
+                                   "sends its OpenTelemetry spans (one trace per job).")
 
     @field_validator("optimize")
     @classmethod

@@ -26,7 +26,10 @@ from ray.exceptions import RayActorError
 from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from deployments import metrics
 from deployments.config import StageConfig
+from deployments.metrics import Stage
+from deployments.tracing import Carrier, TracingConfig, served_span, setup_tracing
 from deployments.errors import GangUnavailable, GangWorkerDied
 from skyreels.artifacts import ArtifactStore, LatentCheckpoint, StoredVideo, store_video
 from skyreels.gang.commands import Command, Decode, Denoise, ranks_for
@@ -54,7 +57,8 @@ def gang_bundles(
 class DiTWorker:
     """One rank of the gang as a Ray actor: a thin wrapper around GangRank (Ray shows it one GPU, cuda:0)."""
 
-    def __init__(self, spec: RankSpec, rank: int) -> None:
+    def __init__(self, spec: RankSpec, rank: int, tracing: TracingConfig | None = None) -> None:
+        setup_tracing(tracing or TracingConfig(), f"DiTWorker rank {rank}")
         self.stop = threading.Event()
         self.rank = GangRank(spec, rank, cuda_index=0, stop=self.stop)
 
@@ -70,9 +74,15 @@ class DiTWorker:
     def cancel(self) -> None:
         self.stop.set()
 
-    def run(self, command: Command) -> Iterator[Any]:
+    def run(self, command: Command, trace: Carrier | None = None) -> Iterator[Any]:
         self.stop.clear()
-        yield from self.rank.run(command)
+        with served_span(f"DiTWorker.{type(command).__name__}", trace, rank=self.rank.rank):
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            yield from self.rank.run(command)
+            if torch.cuda.is_available():
+                metrics.metric("skyreels_gang_peak_memory_bytes").set(
+                    torch.cuda.max_memory_allocated(), tags={"rank": str(self.rank.rank)})
 
 
 class Denoiser:
@@ -99,6 +109,7 @@ class Denoiser:
                         world_size=gpus_per_replica, sequence_batch=sequence_batch, optimize=config.optimize,
                         decode=self.artifacts is not None, collective_timeout_s=hang_timeout_s)
         self.hang_timeout_s = hang_timeout_s
+        setup_tracing(config.tracing, "Denoiser")
         worker_class = ray.remote(DiTWorker)
         replica = serve.get_replica_context().replica_id.unique_id
         self.workers = [
@@ -110,7 +121,7 @@ class Denoiser:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group, placement_group_bundle_index=rank + 1
                 ),
-            ).remote(spec, rank)
+            ).remote(spec, rank, config.tracing)
             for rank in range(gpus_per_replica)
         ]
         master_addr, master_port = ray.get(self.workers[0].rendezvous.remote())
@@ -121,7 +132,7 @@ class Denoiser:
 
     async def denoise(
         self, task: Task, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None,
-        checkpoint: LatentCheckpoint | None = None,
+        checkpoint: LatentCheckpoint | None = None, trace: Carrier | None = None,
     ) -> AsyncIterator[StepProgress | Denoised]:
         """Stream of StepProgress, ending with Denoised (or fewer steps and no Denoised when cancelled). With a
         checkpoint, the steps go on from the step it holds, and a cancelled stream saves the step the ranks stopped
@@ -129,8 +140,13 @@ class Denoiser:
         model_id = serve.get_multiplexed_model_id()
         if model_id:
             await self.holds(model_id)
-        async for item in self._run(Denoise(task, conditioning, params, image), checkpoint):
-            yield item
+        with served_span("Denoiser.denoise", trace) as ranks_trace:
+            async for item in self._run(Denoise(task, conditioning, params, image), checkpoint, ranks_trace):
+                if isinstance(item, StepProgress) and item.seconds:
+                    metrics.stage_seconds(Stage.DENOISE_STEP, item.seconds)
+                elif isinstance(item, Denoised):
+                    metrics.denoise_figures(item.figures)
+                yield item
 
     @serve.multiplexed(max_num_models_per_replica=1)
     async def holds(self, model_id: str) -> str:
@@ -139,13 +155,18 @@ class Denoiser:
         Denoise command for the other model runs: in command order, never under a running job."""
         return model_id
 
-    async def decode_to_storage(self, job_id: str, latents: torch.Tensor, fps: int) -> StoredVideo:
+    async def decode_to_storage(self, job_id: str, latents: torch.Tensor, fps: int,
+                                trace: Carrier | None = None) -> StoredVideo:
         """The VAE tiles shared over the gang's ranks; the video and its thumbnail written as the job's."""
         if self.artifacts is None:
             raise RuntimeError("this Denoiser does not decode (the app decodes on the Vae stage)")
-        start = time.perf_counter()
-        frames = [item async for item in self._run(Decode(latents))][0]
-        return await asyncio.to_thread(store_video, self.artifacts, job_id, frames, fps, time.perf_counter() - start)
+        with served_span("Denoiser.decode_to_storage", trace) as ranks_trace:
+            start = time.perf_counter()
+            frames = [item async for item in self._run(Decode(latents), trace=ranks_trace)][0]
+            stored = await asyncio.to_thread(store_video, self.artifacts, job_id, frames, fps,
+                                             time.perf_counter() - start)
+            metrics.stored_video(stored)
+            return stored
 
     async def check_health(self) -> None:
         if self._dead:
@@ -155,7 +176,8 @@ class Denoiser:
             self._poison(f"DiT worker rank {', '.join(map(str, lost))} is unreachable")
             raise GangWorkerDied(self._dead)
 
-    async def _run(self, command: Command, checkpoint: LatentCheckpoint | None = None) -> AsyncIterator[Any]:
+    async def _run(self, command: Command, checkpoint: LatentCheckpoint | None = None,
+                   trace: Carrier | None = None) -> AsyncIterator[Any]:
         """Rank 0's answer to `command`, sent to the ranks it declares; one command at a time. A Denoise goes on
         from the step `checkpoint` holds (read once the gang is this command's: a run paused on this gang has
         saved its step by then); cancelled, the ranks stop together and the step they stopped at goes there."""
@@ -165,7 +187,7 @@ class Denoiser:
             if checkpoint is not None and isinstance(command, Denoise):
                 command = replace(command, resume=await asyncio.to_thread(checkpoint.load_steps))
             workers = [self.workers[rank] for rank in ranks_for(command, len(self.workers))]
-            streams = [worker.run.options(num_returns="streaming").remote(command) for worker in workers]
+            streams = [worker.run.options(num_returns="streaming").remote(command, trace) for worker in workers]
             others = asyncio.gather(*(self._drain(stream) for stream in streams[1:]))
             try:
                 async for item in self._watched(streams[0], command):
@@ -230,6 +252,8 @@ class Denoiser:
     def _poison(self, reason: str) -> None:
         """Stop the whole gang: survivors may be blocked in a collective with the dead rank."""
         logger.error("%s; stopping the gang", reason)
+        if self._dead is None:  # the first cause; Serve replaces this replica once
+            metrics.metric("skyreels_gang_rebuilds_total").inc()
         self._dead = reason
         for worker in self.workers:
             ray.kill(worker, no_restart=True)

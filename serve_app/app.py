@@ -169,4 +169,5 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         config.webhooks,
         config.retention,
         config.lora_url,
+        config.tracing,
     )

@@ -5,7 +5,7 @@ faces call one VideoService; an ApiError it raises is a 4xx with `{"error": {"co
 and the same exception for a handle caller.
 
 Trust model: HTTP is the boundary where clients are checked. With API keys configured, every route but
-/healthz, /readyz, the page and the OpenAPI document (and /metrics, if configured open) needs a key, and a key
+/healthz, /readyz, the page and the OpenAPI document needs a key, and a key
 reaches only the jobs it submitted. The handle API has no keys: anything that can call a DeploymentHandle
 already runs code in the Ray cluster, so it is trusted as the operator is. Its methods take an optional
 `owner` (a key id, `key_...`): given, they act as that key would (its jobs only, its limits), e.g. for a
@@ -23,7 +23,6 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from ray import serve
 from ray.serve.schema import ReplicaState
@@ -31,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Match
 
+from deployments.tracing import TracingConfig, setup_tracing
 from serve_app.auth import AccessConfig, ApiKeys, RequestGate, install_request_id_logging
 from serve_app.bodies import BodyGuard, error_response
 from serve_app.contract import ExtendParams, ModelList, Readiness, RemixParams, Video, VideoDeleted, VideoList
@@ -42,7 +42,7 @@ from serve_app.loras import AdapterList, AdapterRegistry
 from serve_app.requests import ApiError, UploadLimits, image_of, loras_field, parse, read_fields, validation_message
 from serve_app.retention import RetentionConfig, sweep_forever
 from serve_app.runner import JobPolicy, JobRunner, QueueFull
-from serve_app.schemas import Job, JobStatus, VideoCreateParams
+from serve_app.schemas import Job, JobStatus, VideoCreateParams, WebhookDelivery
 from serve_app.service import MEDIA_TYPES, Variant, VideoService
 from serve_app.store import JobStore, open_store
 from serve_app.webhooks import WebhookConfig, WebhookSender
@@ -213,8 +213,10 @@ class VideoIngress:
         webhooks: WebhookConfig = WebhookConfig(),
         retention: RetentionConfig = RetentionConfig(),
         lora_url: str | None = None,
+        tracing: TracingConfig = TracingConfig(),
     ) -> None:
         install_request_id_logging()
+        setup_tracing(tracing, "VideoIngress")
         self.served_models = served_models
         self.stages = {"text_encoder": text_encoder, "denoiser": denoiser, "vae": vae}
         self.store = open_store(database_path, database_url)
@@ -224,8 +226,7 @@ class VideoIngress:
         self.metrics = JobMetrics()
         self.access = ApiKeys.load(access), access
         self.uploads, self.retention = uploads, retention
-        self.webhooks = WebhookSender(webhooks, lambda job_id, deliveries: self.store.update(
-            job_id, webhook_deliveries=deliveries))
+        self.webhooks = WebhookSender(webhooks, self._record_delivery)
         self.runner = JobRunner(self.store, self.artifacts, text_encoder, denoiser, vae, policy, self.metrics,
                                 decode_on_gang=decode_on_gang, on_end=self._job_ended,
                                 runner_id=f"{replica.deployment}#{replica.replica_tag}")
@@ -263,6 +264,11 @@ class VideoIngress:
     def _webhook_view(self, job: Job) -> dict[str, Any]:
         return self.service.view(job).model_dump(mode="json")
 
+    def _record_delivery(self, job_id: str, deliveries: list[WebhookDelivery]) -> None:
+        """Each webhook attempt of a job: into its record, and counted."""
+        self.metrics.webhook_attempt(deliveries[-1])
+        self.store.update(job_id, webhook_deliveries=deliveries)
+
     async def _once(self, request: Request, owner: str | None, fields: dict[str, Any],
                     submit: Callable[[], Awaitable[Video]]) -> JSONResponse:
         """A submit route's answer (202 + the job), made once per Idempotency-Key."""
@@ -293,10 +299,6 @@ class VideoIngress:
         recovered = started.done() and started.exception() is None
         readiness = Readiness(ready=recovered and store and all(stages.values()), stages=stages, store=store)
         return _json(readiness, status_code=200 if readiness.ready else 503)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(self) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", operation_id="listModels", response_model=ModelList, responses=errors(401))
     async def http_models(self) -> JSONResponse:

@@ -1,25 +1,52 @@
-"""Prometheus metrics of the jobs API (served at /metrics)."""
+"""The ingress's figures (jobs, the queue, checkpoints, webhooks), through Ray's metrics (deployments.metrics).
+
+Every ingress replica records the jobs it handles; Ray's metrics agents sum them over the replicas, so the
+cluster's counts are the same whichever replica ran a job. The queue's gauges are read from the job store, which
+all replicas share: each replica reports the same figures. There is no /metrics route on the ingress any more:
+Prometheus scrapes Ray's metrics export of every node (README, Observability).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from deployments import metrics
+from deployments.metrics import Stage
+from serve_app.schemas import ErrorCode, Job, JobStatus, WebhookDelivery
+from serve_app.store import JobStore
 
 
-@dataclass
 class JobMetrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    def submitted(self, job: Job) -> None:
+        metrics.metric("skyreels_jobs_submitted_total").inc(tags=_job_labels(job))
 
-    def __post_init__(self) -> None:
-        self.submitted = Counter("skyreels_jobs_submitted", "Jobs accepted", ["model"], registry=self.registry)
-        self.finished = Counter("skyreels_jobs_finished", "Jobs ended", ["status"], registry=self.registry)
-        self.rejected = Counter("skyreels_jobs_rejected_queue_full", "Submits refused with 429",
-                                registry=self.registry)
-        self.reruns = Counter("skyreels_job_reruns", "Runs cut off by infrastructure and queued again", ["cause"],
-                              registry=self.registry)
-        self.queue_depth = Gauge("skyreels_jobs_queued", "Jobs waiting to start", registry=self.registry)
-        self.duration = Histogram(
-            "skyreels_job_seconds", "Start-to-finish seconds of completed jobs", registry=self.registry,
-            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400),
-        )
+    def rejected(self) -> None:
+        metrics.metric("skyreels_jobs_rejected_total").inc(tags={"reason": "queue_full"})
+
+    def finished(self, job: Job) -> None:
+        """A job's final record."""
+        metrics.metric("skyreels_jobs_finished_total").inc(tags=_job_labels(job) | {"status": job.status.value})
+        if job.status is JobStatus.COMPLETED and job.started_at is not None and job.completed_at is not None:
+            metrics.metric("skyreels_job_seconds").observe(job.completed_at - job.started_at,
+                                                           tags={"model": job.model})
+
+    def rerun(self, cause: ErrorCode) -> None:
+        metrics.metric("skyreels_job_reruns_total").inc(tags={"cause": cause.value})
+
+    def checkpointed(self, seconds: float) -> None:
+        metrics.stage_seconds(Stage.CHECKPOINT, seconds)
+
+    def webhook_attempt(self, delivery: WebhookDelivery) -> None:
+        outcome = "delivered" if delivery.delivered else "unreachable" if delivery.status_code is None else "refused"
+        metrics.metric("skyreels_webhook_deliveries_total").inc(tags={"outcome": outcome})
+
+    def queue(self, store: JobStore) -> None:
+        """The queue's depth and its oldest job's wait, as the store has them."""
+        waiting = store.in_status(JobStatus.QUEUED)  # oldest first; at most max_queued_jobs of them
+        metrics.metric("skyreels_queue_jobs").set(len(waiting))
+        metrics.metric("skyreels_queue_oldest_wait_seconds").set(
+            max(0.0, time.time() - waiting[0].created_at) if waiting else 0.0)
+
+
+def _job_labels(job: Job) -> dict[str, str]:
+    return {"model": job.model, "priority": job.priority.value}

@@ -32,6 +32,7 @@ from typing import Any
 
 from PIL import Image
 
+from deployments.tracing import job_span
 from serve_app.failures import job_error
 from serve_app.metrics import JobMetrics
 from serve_app.preemption import Preemptor
@@ -65,6 +66,8 @@ class JobPolicy:
 
 
 NOT_COUNTED = (ErrorCode.HANDED_BACK, ErrorCode.PREEMPTED)  # runs that do not count against max_attempts
+QUEUE_METRICS_S = 2.0  # how often a runner reports the queue's depth and oldest wait
+
 INTERRUPTED = JobError(code=ErrorCode.INTERRUPTED, message="the server stopped while this job ran")
 PREEMPTED = JobError(code=ErrorCode.PREEMPTED, message="paused at a step boundary for an interactive job; resumes "
                                                        "from that step")
@@ -155,19 +158,19 @@ class JobRunner:
         running job; on a shared one, those whose lease ran out), and starts taking jobs."""
         await self._take_over(every_running=not self.store.shared)
         self._dispatcher = asyncio.create_task(self._dispatch())
-        self._loops = [asyncio.create_task(self._keep_leases()), asyncio.create_task(self._watch())]
+        self._loops = [asyncio.create_task(self._keep_leases()), asyncio.create_task(self._watch()),
+                       asyncio.create_task(self._report_queue())]
 
     async def submit(self, job: Job, image_png: bytes | None) -> Job:
         """Queues `job` (validated at submit, its seed resolved); the image is kept for whichever replica runs it."""
         queued = self.store.count(JobStatus.QUEUED)
         if queued >= self.policy.max_queued_jobs:
-            self.metrics.rejected.inc()
+            self.metrics.rejected()
             raise QueueFull(retry_after_s=self._retry_after(queued))
         if image_png is not None:
             await asyncio.to_thread(self.artifacts.put, job.id, INPUT_IMAGE, image_png)
         self.store.add(job)
-        self.metrics.submitted.labels(job.model).inc()
-        self.metrics.queue_depth.set(queued + 1)
+        self.metrics.submitted(job)
         self._queued.set()
         return job
 
@@ -232,7 +235,6 @@ class JobRunner:
         self._queued.clear()
         try:
             job = self.store.claim(self.runner_id, self.policy.job_lease_s, self.policy.model_group_delay_s)
-            self.metrics.queue_depth.set(self.store.count(JobStatus.QUEUED))
         except Exception:  # noqa: BLE001 - the store is unreachable for now: the next poll tries again
             logger.exception("claiming a job failed")
             return None
@@ -282,6 +284,15 @@ class JobRunner:
             except Exception:  # noqa: BLE001 - a store hiccup: the next poll tries again
                 logger.exception("polling followed jobs failed")
 
+    async def _report_queue(self) -> None:
+        """The queue's gauges, from the store (every replica reports the same)."""
+        while True:
+            try:
+                await asyncio.to_thread(self.metrics.queue, self.store)
+            except Exception:  # noqa: BLE001 - a store hiccup: the next report tries again
+                logger.exception("reporting the queue's metrics failed")
+            await asyncio.sleep(QUEUE_METRICS_S)
+
     async def _ended(self, job_id: str, timeout_s: float) -> Job:
         """The job once it has ended, or as it is after `timeout_s`."""
         async with self.events.follow(job_id) as updates:
@@ -314,7 +325,11 @@ class JobRunner:
         held = {"when_held_by": self.runner_id}
         try:
             request = await self._stored_request(job)
-            generated = await generate(request, stages, lambda progress: self._progress(job_id, progress), checkpoint)
+            with job_span(job_id, model=job.model, attempt=len(job.attempts)):
+                generated = await generate(request, stages, lambda progress: self._progress(job_id, progress),
+                                           checkpoint)
+            if "checkpoint" in generated.timings:
+                self.metrics.checkpointed(generated.timings["checkpoint"])
             stored: StoredVideo = generated.output
             metrics.update(generated.timings, vae_decode=stored.decode_seconds, mux=stored.mux_seconds)
             await self._end(job_id, JobStatus.COMPLETED, metrics=metrics, resumed_from_checkpoint=generated.resumed,
@@ -351,7 +366,7 @@ class JobRunner:
         if cause.code.is_infrastructure and counted < self.policy.max_attempts:
             logger.warning("job %s: %s; running it again (%d of %d runs used)", job.id, cause.message, counted,
                            self.policy.max_attempts)
-            self.metrics.reruns.labels(cause.code.value).inc()
+            self.metrics.rerun(cause.code)
             self._update(job.id, status=JobStatus.QUEUED, phase=Phase.QUEUED, progress=0, current_step=0,
                          attempts=attempts, when_held_by=self.runner_id)
             self._queued.set()
@@ -408,9 +423,7 @@ class JobRunner:
         job = self.store.update(job_id, when_status=when_status, when_held_by=when_held_by, **changes)
         await asyncio.to_thread(LatentCheckpoint(self.artifacts, job_id).discard)
         self.events.publish(job)
-        self.metrics.finished.labels(status.value).inc()
-        if status is JobStatus.COMPLETED and job.started_at is not None:
-            self.metrics.duration.observe(job.completed_at - job.started_at)
+        self.metrics.finished(job)
         if self.on_end is not None:
             self.on_end(job)
         return job

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from deployments.errors import GangUnavailable
+from deployments.tracing import call_span
 from serve_app.failures import StageTimeout
 from skyreels.artifacts import StoredVideo
 from skyreels.models import SERVED_MODEL_IDS
@@ -35,11 +36,14 @@ class ServeStages:
         self.gang_turn = gang_turn  # awaited before the job goes to the gang (serve_app.preemption)
 
     async def encode_text(self, prompt: str, negative_prompt: str | None) -> Any:
-        return await self._within(self.text_encoder.encode.remote(prompt, negative_prompt), "text encoding")
+        with call_span("text_encode") as trace:
+            return await self._within(self.text_encoder.encode.remote(prompt, negative_prompt, trace=trace),
+                                      "text encoding")
 
     async def encode_image(self, request: GenerationRequest) -> Any:
-        return await self._within(
-            self.vae.encode_image.remote(request.image, request.height, request.width, request.seed), "image encoding")
+        with call_span("image_encode") as trace:
+            return await self._within(self.vae.encode_image.remote(
+                request.image, request.height, request.width, request.seed, trace=trace), "image encoding")
 
     async def denoise(self, task: Task, conditioning: Any, params: Any, image: Any, checkpoint: Any = None
                       ) -> AsyncIterator[StepProgress | Denoised]:
@@ -52,8 +56,9 @@ class ServeStages:
             try:
                 # routed to a gang that holds the task's model, when one is free (Serve's model multiplexing)
                 gang = self.denoiser.options(multiplexed_model_id=SERVED_MODEL_IDS[task])
-                async for event in gang.denoise.remote(task, conditioning, params, image, checkpoint):
-                    yield event
+                with call_span("denoise") as trace:
+                    async for event in gang.denoise.remote(task, conditioning, params, image, checkpoint, trace=trace):
+                        yield event
                 return
             except GangUnavailable:
                 if attempt == GANG_RETRIES:
@@ -62,7 +67,9 @@ class ServeStages:
                 await asyncio.sleep(GANG_RETRY_S)
 
     async def decode(self, latents: Any, request: GenerationRequest) -> StoredVideo:
-        return await self._within(self.decoder.decode_to_storage.remote(self.job_id, latents, request.fps), "decoding")
+        with call_span("decode") as trace:
+            return await self._within(
+                self.decoder.decode_to_storage.remote(self.job_id, latents, request.fps, trace=trace), "decoding")
 
     async def _within(self, call: Awaitable[T], what: str) -> T:
         try:

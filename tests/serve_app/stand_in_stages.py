@@ -25,8 +25,8 @@ class Method:
     def __init__(self, function: Callable) -> None:
         self.function = function
 
-    def remote(self, *args):
-        return self.function(*args)
+    def remote(self, *args, **kwargs):
+        return self.function(*args, **kwargs)
 
 
 class Handle:
@@ -63,11 +63,11 @@ class Stages:
         if self.faults[stage] and (fault := self.faults[stage].pop(0)) is not None:
             raise fault
 
-    async def encode(self, prompt, negative):
+    async def encode(self, prompt, negative, trace=None):
         await self._enter("encode")
         return "conditioning"
 
-    async def denoise(self, task, conditioning, params, image, checkpoint=None) -> AsyncIterator:
+    async def denoise(self, task, conditioning, params, image, checkpoint=None, trace=None) -> AsyncIterator:
         """As the gang: goes on from the step the checkpoint holds, and saves the step it is stopped at."""
         resume = checkpoint.load_steps() if checkpoint is not None else None
         done = resume.step if resume is not None else 0
@@ -86,7 +86,7 @@ class Stages:
                 checkpoint.save_steps(StepState(done, torch.full((1, 4, 3, 8, 8), float(done))))
             self.denoise_closed += 1
 
-    async def decode_to_storage(self, job_id, latents, fps):
+    async def decode_to_storage(self, job_id, latents, fps, trace=None):
         await self._enter("decode")
         self.artifacts.put(job_id, VIDEO, b"mp4")
         self.decoded[job_id] += 1

@@ -154,8 +154,7 @@ def test_models_health_metrics(client: VideoClient, serve_base_url: str) -> None
     assert card["limits"]["max_frames"] == 289
     assert httpx.get(f"{serve_base_url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{serve_base_url}/readyz").status_code == 200
-    metrics = httpx.get(f"{serve_base_url}/metrics").text
-    assert "skyreels_jobs_submitted_total" in metrics and "skyreels_jobs_queued" in metrics
+    assert httpx.get(f"{serve_base_url}/metrics").status_code == 404  # Prometheus scrapes Ray's export instead
 
 
 def test_list_paginates_newest_first_and_delete(client: VideoClient) -> None:
