@@ -30,8 +30,10 @@ class Video(Job):
     started_at: int | None = Field(None, description="Unix time (s) its run began.")
     completed_at: int | None = Field(None, description="Unix time (s) it ended, whatever the outcome.")
     expires_at: int | None = Field(None, description="Unix time (s) its files are deleted; None: kept.")
-    eta_seconds: int | None = Field(None, description="Estimated seconds until the job ends, once its first "
-                                                      "denoising steps are timed; None when unknown.")
+    eta_seconds: int | None = Field(None, description="Estimated seconds until the job ends: a running job's "
+                                    "once its first denoising steps are timed; a queued job's from the estimated "
+                                    "GPU-seconds of the queue up to it, at the pace of the last completed job, one "
+                                    "job at a time (an upper bound with several gangs). None when unknown.")
     loras: list[LoraRef] = Field(default_factory=list, description="The LoRA adapters it runs with.")
 
     @classmethod

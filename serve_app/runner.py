@@ -40,7 +40,7 @@ from serve_app.priorities import Priority
 from serve_app.requests import to_generation_request
 from serve_app.schemas import Attempt, ErrorCode, Job, JobError, JobStatus
 from serve_app.serve_stages import ServeStages
-from serve_app.store import JobChanged, JobStore
+from serve_app.store import JobChanged, JobStore, QueuePlace
 from skyreels.artifacts import INPUT_IMAGE, ArtifactStore, LatentCheckpoint, StoredVideo
 from skyreels.recipe import Phase, Progress, generate
 from skyreels.request import GenerationRequest
@@ -174,11 +174,11 @@ class JobRunner:
         self._queued.set()
         return job
 
-    def queue_position(self, job: Job) -> int | None:
-        """1 for the next job to start; None when the job is not waiting."""
+    def queue_place(self, job: Job) -> QueuePlace | None:
+        """Position 1 for the next job to start, and the GPU-seconds up to it; None when the job is not waiting."""
         if job.status is not JobStatus.QUEUED:
             return None
-        return self.store.queue_position(job.id, self.policy.model_group_delay_s)
+        return self.store.queue_place(job.id, self.policy.model_group_delay_s)
 
     async def cancel(self, job_id: str) -> Job:
         """Stops a job: at once when queued, between two denoising steps when running (here, or on the replica

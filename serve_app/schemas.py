@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -90,6 +90,7 @@ SHARED_FIELDS = (
 _REQUEST_FIELDS = GenerationRequest.model_fields
 # OpenAI's `seconds` is a string ("4"); a number is welcome too
 Seconds = Annotated[float, Field(gt=0)] | Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*$")] | None
+PriorityName = Literal[tuple(priority.value for priority in Priority)]  # a body's text, strict or not
 # Submit fields whose default is the model's (GET /v1/models): a small preset gets small videos.
 MODEL_DEFAULTED = ("num_frames", "num_inference_steps")
 
@@ -120,7 +121,7 @@ VideoCreateParams = create_model(
     webhook_url=(str | None, Field(None, max_length=2048, pattern=r"^https?://[^\s/?#]+([/?#]\S*)?$",
                                    description="POSTed the job, signed (Standard Webhooks), once it completes, "
                                                "fails or is cancelled. Default: the server's, if it has one.")),
-    priority=(Priority | None, Field(None, description="The scheduling class: interactive (someone waits for "
+    priority=(PriorityName | None, Field(None, description="The scheduling class: interactive (someone waits for "
                                      "it; may pause batch jobs) or batch. Default: the server's, within what the "
                                      "API key may use (a class above it is refused with 403).")),
     loras=(list[LoraRef], Field(default_factory=list, max_length=MAX_LORAS,

@@ -49,8 +49,9 @@ class VideoService:
     def view(self, job: Job) -> Video:
         """The job as clients see it: with its live queue position and time left."""
         self.eta.learn(job)
-        return Video.of(job, queue_position=self.runner.queue_position(job), eta_seconds=self.eta.estimate(
-            job, time.time()), expires_at=expires_at(job, self.ttl_s))
+        place = self.runner.queue_place(job)
+        return Video.of(job, queue_position=place and place.position, eta_seconds=self.eta.estimate(
+            job, time.time(), place), expires_at=expires_at(job, self.ttl_s))
 
     def models(self) -> ModelList:
         return ModelList(data=[model_card(model) for model in self.served_models])
@@ -68,7 +69,7 @@ class VideoService:
                      owner: str | None = None, **lineage: Any) -> Video:
         if owner is not None:
             self.limits.admit(owner, self.store.count_owned(owner, JobStatus.QUEUED, JobStatus.IN_PROGRESS))
-        priority, weight = self.priorities.admit(owner, params.priority)
+        priority, weight = self.priorities.admit(owner, params.priority and Priority(params.priority))
         webhook_url = await self.webhooks.check(params.webhook_url)
         job, request = await asyncio.to_thread(new_job, params, image, self.served_models, self.adapters,
                                                owner=owner, webhook_url=webhook_url, **lineage)
@@ -173,7 +174,7 @@ class VideoService:
 
 
 def _params_of(job: Job, **changes: Any) -> VideoCreateParams:
-    fields = {"model": job.model, "size": job.size, "webhook_url": job.webhook_url, "priority": job.priority,
+    fields = {"model": job.model, "size": job.size, "webhook_url": job.webhook_url, "priority": job.priority.value,
               "loras": [lora.model_dump(include={"name", "scale"}) for lora in job.loras],
               **{name: getattr(job, name) for name in SHARED_FIELDS}}
     return parse(VideoCreateParams, fields | changes)

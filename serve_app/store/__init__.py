@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from serve_app.store.base import Claim, JobChanged, JobStore, Leases, Taken
+from serve_app.store.base import Claim, JobChanged, JobStore, Leases, QueuePlace, Taken
 from serve_app.store.sqlite import SqliteJobStore
 
-__all__ = ["Claim", "JobChanged", "JobStore", "Leases", "SqliteJobStore", "Taken", "open_store"]
+__all__ = ["Claim", "JobChanged", "JobStore", "Leases", "QueuePlace", "SqliteJobStore", "Taken", "open_store"]
 
 
 def open_store(database_path: str, database_url: str | None = None) -> JobStore:

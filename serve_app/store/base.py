@@ -44,6 +44,7 @@ COLUMNS = {
     "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
     "priority": "INTEGER NOT NULL DEFAULT 1",  # the class's rank (Priority.rank): 0 goes first
     "charge": "DOUBLE PRECISION NOT NULL DEFAULT 0",  # what fair sharing charges the job: GPU-seconds / weight
+    "cost": "DOUBLE PRECISION NOT NULL DEFAULT 0",  # its estimated GPU-seconds (for the wait of those behind it)
 }
 TABLES = (
     "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at DOUBLE PRECISION NOT "
@@ -73,7 +74,7 @@ SERVED = (f"SELECT priority AS served_priority, COALESCE(owner, '') AS served_ow
           f"WHERE status = '{IN_PROGRESS}' GROUP BY priority, COALESCE(owner, '')")
 QUEUE = (f"SELECT id, {RERUN_KEY} AS rerun, priority, COALESCE(served, 0) + COALESCE(SUM(charge) OVER (PARTITION "
          "BY priority, COALESCE(owner, '') ORDER BY created_at, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), "
-         f"0) AS share, {GROUP_KEY} AS grouped, created_at FROM jobs LEFT JOIN ({SERVED}) AS running ON "
+         f"0) AS share, {GROUP_KEY} AS grouped, created_at, cost FROM jobs LEFT JOIN ({SERVED}) AS running ON "
          f"served_priority = priority AND served_owner = COALESCE(owner, '') WHERE status = '{QUEUED}'")
 QUEUE_ORDER = "rerun, priority, share, grouped, created_at, id"
 
@@ -94,6 +95,14 @@ class Taken(NamedTuple):
 
     job: Job
     cancel_requested: bool
+
+
+class QueuePlace(NamedTuple):
+    """Where a queued job stands: 1 for the job the next claim takes (if nothing changes before it), 2 for the
+    one after...; and the estimated GPU-seconds of the jobs up to it, itself included."""
+
+    position: int
+    gpu_s: float
 
 
 class Leases(NamedTuple):
@@ -324,14 +333,19 @@ class JobStore(ABC):
     def queue_position(self, job_id: str, group_delay_s: float, now: float | None = None) -> int | None:
         """1 for the job the next claim takes (if nothing changes before it), 2 for the one after...; None when
         the job is not queued."""
+        place = self.queue_place(job_id, group_delay_s, now)
+        return place.position if place is not None else None
+
+    def queue_place(self, job_id: str, group_delay_s: float, now: float | None = None) -> QueuePlace | None:
+        """The job's place in the queue's order now; None when it is not queued."""
         now = time.time() if now is None else now
         with self._reading() as db:
             keys = QUEUE_ORDER.split(", ")
-            position = db.one(
-                f"WITH queue AS ({QUEUE}) SELECT COUNT(*) FROM queue AS ahead, queue AS job WHERE job.id = ? AND "
-                f"({', '.join(f'ahead.{key}' for key in keys)}) <= ({', '.join(f'job.{key}' for key in keys)})",
-                (now - group_delay_s, job_id))[0]
-        return position or None
+            position, gpu_s = db.one(
+                f"WITH queue AS ({QUEUE}) SELECT COUNT(*), SUM(ahead.cost) FROM queue AS ahead, queue AS job WHERE "
+                f"job.id = ? AND ({', '.join(f'ahead.{key}' for key in keys)}) <= "
+                f"({', '.join(f'job.{key}' for key in keys)})", (now - group_delay_s, job_id))
+        return QueuePlace(position, gpu_s or 0.0) if position else None
 
     def waiting_since(self, priority: int) -> float | None:
         """When the oldest queued job of this class (Priority.rank) was submitted; None when none waits."""
@@ -391,7 +405,8 @@ def _row(job: Job) -> dict[str, Any]:
     runs = sum(a.error is None or a.error.code is not ErrorCode.PREEMPTED for a in job.attempts)  # not a re-run
     return {"status": job.status.value, "created_at": job.created_at, "data": job.model_dump_json(),
             "owner": job.owner, "model": job.model, "runs": runs, "completed_at": job.completed_at,
-            "priority": job.priority.rank, "charge": job.estimated_gpu_s / job.share_weight}
+            "priority": job.priority.rank, "charge": job.estimated_gpu_s / job.share_weight,
+            "cost": job.estimated_gpu_s}
 
 
 def _marks(values: Collection[Any]) -> str:

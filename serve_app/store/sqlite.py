@@ -18,7 +18,8 @@ MEMORY = ":memory:"
 BACKFILL = {"owner": "json_extract(data, '$.owner')", "model": "json_extract(data, '$.model')",
             "runs": "json_array_length(data, '$.attempts')", "completed_at": "json_extract(data, '$.completed_at')",
             "charge": "COALESCE(json_extract(data, '$.estimated_gpu_s') / json_extract(data, '$.share_weight'), 0)",
-            "priority": "CASE json_extract(data, '$.priority') WHEN 'interactive' THEN 0 ELSE 1 END"}
+            "priority": "CASE json_extract(data, '$.priority') WHEN 'interactive' THEN 0 ELSE 1 END",
+            "cost": "COALESCE(json_extract(data, '$.estimated_gpu_s'), 0)"}
 
 
 class SqliteJobStore(JobStore):

@@ -72,7 +72,9 @@ def tiny_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def serve_app(ray_local: int, tmp_path_factory: pytest.TempPathFactory, tiny_adapter: Path) -> RunningApp:
+    # preempt_after_s 1: an interactive job pauses the batch jobs (tests/serve_app/test_priorities_api.py)
     return deploy(ray_local, tmp_path_factory.mktemp("app"), "skyreels", "/", gpus_per_replica=2, max_queued_jobs=32,
+                  preempt_after_s=1.0,
                   lora_url=str(tiny_adapter.parent.parent))
 
 

@@ -32,8 +32,10 @@ def _png(color: tuple[int, int, int]) -> bytes:
 
 
 def test_create_poll_download_remix_extend_delete(client) -> None:
-    video = client.videos.create(prompt="a red kite", seconds="2", size="64x64", extra_body={**CHEAP, "seed": 11})
+    video = client.videos.create(prompt="a red kite", seconds="2", size="64x64",
+                                 extra_body={**CHEAP, "seed": 11, "priority": "interactive"})
     assert video.object == "video" and video.status == "queued" and isinstance(video.created_at, int)
+    assert video.priority == "interactive"  # our field, through extra_body and back
     assert video.prompt == "a red kite" and video.size == "64x64" and video.seconds == "2.25"
     assert client.videos.retrieve(video.id).id == video.id
 

@@ -147,7 +147,7 @@ def test_the_queue_limit_counts_every_replicas_jobs(postgres_url: str, tmp_path:
         await submit(b)
         with pytest.raises(QueueFull):
             await submit(a)
-        assert a.queue_position(first) == b.queue_position(first) == 1
+        assert a.queue_place(first).position == b.queue_place(first).position == 1
 
     asyncio.run(scenario())
     a.store.close()

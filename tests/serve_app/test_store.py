@@ -379,3 +379,12 @@ def test_a_heavier_key_gets_more_and_queue_positions_follow_the_claims(store: Jo
     claims = [claim(store, now=20.0) for _ in range(8)]
     assert sorted(positions, key=positions.get) == claims
     assert claims[:6] == ["a0", "b0", "a1", "a2", "b1", "a3"]  # weight 3: three of A's for each of B's
+
+
+def test_a_queue_place_sums_the_estimated_cost_up_to_the_job(store: JobStore):
+    store.add(make_job("big", created_at=1.0, estimated_gpu_s=100.0))
+    store.add(make_job("small", created_at=2.0, estimated_gpu_s=5.0))
+    assert store.queue_place("small", DELAY_S, now=10.0) == (2, 105.0)
+    assert store.queue_place("big", DELAY_S, now=10.0) == (1, 100.0)
+    claim(store, now=10.0)
+    assert store.queue_place("big", DELAY_S, now=10.0) is None
