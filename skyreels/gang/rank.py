@@ -54,6 +54,7 @@ class RankSpec:
     collective_timeout_s: float = 300.0  # a collective waiting longer fails (NCCL: the process is torn down)
 
 
+    group_backend: str | None = None  # None: NCCL on GPUs, gloo on CPU; "fake": skyreels preflight's lone rank
 class GangRank:
     def __init__(self, spec: RankSpec, rank: int, cuda_index: int = 0, stop: StopFlag | None = None) -> None:
         configure_process(spec.optimize)
@@ -77,7 +78,8 @@ class GangRank:
     def join(self, master_addr: str, master_port: int) -> None:
         """Joins the gang's group (every rank must call it) and splits the transformer(s) over the mesh."""
         init_group(GroupSpec(self.rank, self.spec.world_size, master_addr, master_port, self.spec.device,
-                             cuda_index=self.cuda_index, timeout_s=self.spec.collective_timeout_s))
+                             cuda_index=self.cuda_index, timeout_s=self.spec.collective_timeout_s,
+                             backend_override=self.spec.group_backend))
         mesh = DeviceMesh(MeshShape.plan(self.spec.world_size, self.heads, sequence_batch=self.spec.sequence_batch))
         for stage in dict.fromkeys(self.denoisers.values()):
             stage.distribute(mesh)

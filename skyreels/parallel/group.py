@@ -11,6 +11,9 @@ import torch
 import torch.distributed as dist
 
 
+FAKE_BACKEND = "fake"  # torch's own, for one process standing in for one rank of a group of any size
+
+
 @dataclass(frozen=True)
 class GroupSpec:
     rank: int
@@ -20,9 +23,13 @@ class GroupSpec:
     device: str  # "cpu" or "cuda"
     cuda_index: int = 0  # Ray gives each worker one visible GPU; a local gang uses GPU `rank`
     timeout_s: float = 300.0
+    # "fake" (skyreels preflight): this process alone plays its rank, every collective returns at once
+    backend_override: str | None = None
 
     @property
     def backend(self) -> str:
+        if self.backend_override is not None:
+            return self.backend_override
         return "nccl" if self.device == "cuda" else "gloo"
 
 
@@ -39,6 +46,11 @@ def init_group(spec: GroupSpec) -> None:
     if spec.device == "cuda":
         _watch_nccl(spec.timeout_s)
         torch.cuda.set_device(spec.cuda_index)
+    if spec.backend == FAKE_BACKEND:
+        from torch.testing._internal.distributed.fake_pg import FakeStore
+
+        dist.init_process_group(FAKE_BACKEND, store=FakeStore(), rank=spec.rank, world_size=spec.world_size)
+        return
     dist.init_process_group(
         backend=spec.backend,
         init_method=f"tcp://{spec.master_addr}:{spec.master_port}",
@@ -60,7 +72,7 @@ def _watch_nccl(timeout_s: float) -> None:
 
 def any_rank(flag: bool, device: str | torch.device = "cpu") -> bool:
     """True on every rank when `flag` is true on at least one: ranks decide together."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not dist.is_initialized() or dist.get_world_size() == 1 or dist.get_backend() == FAKE_BACKEND:
         return flag
     value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)

@@ -19,6 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
 
 from skyreels import random_full
+from skyreels.preflight.replay import replay_by_shape
 from skyreels.request import Task
 
 FAKE_FULL = "fake-full"
@@ -44,7 +45,19 @@ def fake_transformer(task: Task, dtype: torch.dtype) -> HunyuanVideoTransformer3
 
 
 def fake_vae(dtype: torch.dtype) -> AutoencoderKLHunyuanVideo:
-    return _on_host(lambda: AutoencoderKLHunyuanVideo(latent_channels=random_full.LATENT_CHANNELS), dtype)
+    """The VAE, with its tiled decode made affordable on fake tensors (skyreels.preflight.replay): the coders run
+    once per tile shape, and the blends of tile overlaps, in-place arithmetic row by row that allocates only a row,
+    are left out."""
+    vae = _on_host(lambda: AutoencoderKLHunyuanVideo(latent_channels=random_full.LATENT_CHANNELS), dtype)
+    replay_by_shape(vae.encoder)
+    replay_by_shape(vae.decoder)
+    for blend in ("blend_v", "blend_h", "blend_t"):
+        setattr(vae, blend, _keep_tile)
+    return vae
+
+
+def _keep_tile(a: torch.Tensor, b: torch.Tensor, blend_extent: int) -> torch.Tensor:
+    return b
 
 
 def fake_llama(dtype: torch.dtype) -> LlamaModel:

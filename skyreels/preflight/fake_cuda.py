@@ -25,7 +25,6 @@ from unittest import mock
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -192,17 +191,3 @@ def fake_cuda(gpu: GpuType, device_count: int = 1) -> Iterator[FakeCudaState]:
         stack.enter_context(state.tracker)
         stack.enter_context(DataReads())
         yield state
-
-
-@contextmanager
-def fake_group(rank: int, world_size: int) -> Iterator[None]:
-    """A process group of `world_size` with this process as `rank`: collectives return at once, shapes intact."""
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    if dist.is_initialized():
-        raise RuntimeError("this process already belongs to a process group")
-    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()

@@ -83,7 +83,7 @@ class AllocationTracker(TorchDispatchMode):
         key = id(storage)
         if key in self._seen and self._seen[key].alive:
             return
-        device = PINNED if pinned else str(tensor.device if tensor.device.type != "cuda" else _indexed(tensor.device))
+        device = PINNED if pinned else device_key(tensor.device)
         size = allocated_size(device, storage.nbytes())
         usage = self.usage[device]
         usage.add(size)
@@ -100,5 +100,8 @@ class AllocationTracker(TorchDispatchMode):
             usage.peak = usage.live
 
 
-def _indexed(device: torch.device) -> str:
+def device_key(device: torch.device) -> str:
+    """"cpu" or "cuda:N" (the current device when the index is left out)."""
+    if device.type != "cuda":
+        return device.type
     return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
