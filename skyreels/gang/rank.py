@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from skyreels.gang.commands import Command, Decode, Denoise, EncodeImage, Encode
 from skyreels.loader import served_denoisers, stage_loader
 from skyreels.models import ModelSettings
 from skyreels.optimize.config import OptimizeConfig
+from skyreels.optimize.offload import on_device
 from skyreels.parallel.group import GroupSpec, any_rank, destroy_group, init_group
 from skyreels.parallel.mesh import DeviceMesh, MeshShape
 from skyreels.optimize.cache import step_cache_use
@@ -52,15 +54,19 @@ class RankSpec:
     encode_text: bool = False  # rank 0 holds the text encoders (and encodes the I2V image when it decodes)
     decode: bool = False  # every rank holds the VAE and decodes its share of the tiles
     collective_timeout_s: float = 300.0  # a collective waiting longer fails (NCCL: the process is torn down)
-
-
     group_backend: str | None = None  # None: NCCL on GPUs, gloo on CPU; "fake": skyreels preflight's lone rank
+
+
 class GangRank:
     def __init__(self, spec: RankSpec, rank: int, cuda_index: int = 0, stop: StopFlag | None = None) -> None:
         configure_process(spec.optimize)
         self.spec, self.rank = spec, rank
         self.cuda_index = cuda_index  # Ray shows each worker one GPU (0); a local gang uses GPU `rank`
         self.device = f"cuda:{cuda_index}" if spec.device == "cuda" else "cpu"
+        if spec.device == "cuda":
+            # first: the CUDA context, the streams (block offload's prefetch), cuBLAS handles and compiled kernels
+            # of all that follows belong to the current device, which is GPU 0 until set
+            torch.cuda.set_device(cuda_index)
         self.stop = stop or threading.Event()
         loaders = {task: stage_loader(source, task, self.device, spec.dtype, spec.optimize, spec.settings)
                    for task, source in spec.transformers.items()}
@@ -69,7 +75,8 @@ class GangRank:
         base = next(iter(loaders.values()))  # text encoders and VAE are the HunyuanVideo base of every task
         self.heads = base.attention_heads()
         self.text = base.text() if spec.encode_text and self.is_main else None
-        self.vae = base.vae() if spec.decode else None
+        # model-level offload (--offload): every model in host memory, visiting the GPU while a command runs on it
+        self.vae = base.vae(device="cpu" if spec.optimize.offload else None) if spec.decode else None
 
     @property
     def is_main(self) -> bool:
@@ -92,14 +99,22 @@ class GangRank:
         match command:
             case EncodeText(prompt=prompt, negative_prompt=negative):
                 # tensors travel pickled: hand them over in host memory
-                conditioning = self._stage(self.text, "text encoders").encode(prompt, negative)
+                text = self._stage(self.text, "text encoders")
+                with self._visiting(text):
+                    conditioning = text.encode(prompt, negative)
                 yield conditioning.to("cpu", conditioning.positive.embeds.dtype)
             case EncodeImage(image=image, height=height, width=width, seed=seed):
-                yield self._stage(self.vae, "VAE").encode_image(image, height, width, seed).to_cpu()
+                vae = self._stage(self.vae, "VAE")
+                with self._visiting(vae):
+                    image_condition = vae.encode_image(image, height, width, seed).to_cpu()
+                yield image_condition
             case Denoise():
-                yield from self._denoise(command)
+                with self._visiting(self.denoisers[command.task]):
+                    yield from self._denoise(command)
             case Decode(latents=latents):
-                frames = self._stage(self.vae, "VAE").decode_parallel(latents)
+                vae = self._stage(self.vae, "VAE")
+                with self._visiting(vae):
+                    frames = vae.decode_parallel(latents)
                 if self.is_main:
                     yield frames
 
@@ -134,6 +149,10 @@ class GangRank:
             figures = DenoiseFigures(swap_s=swap_s, lora_s=lora_s, adapter_hits=hits, adapter_loads=misses,
                                      **(step_cache_use(stage.transformer) if model_stage else {}))
             yield Denoised(latents.cpu(), weights_s=swap_s + lora_s, figures=figures)
+
+    def _visiting(self, stage: Any) -> AbstractContextManager:
+        """With model-level offload, the stage's models on this rank's device for the block (as LocalPipeline's)."""
+        return on_device(self.device, *stage.models()) if self.spec.optimize.offload else nullcontext()
 
     def _stage(self, stage: Any, name: str) -> Any:
         if stage is None:
