@@ -362,6 +362,23 @@ def test_launcher_layout(name):
     assert "download.pytorch.org/whl/cu" in worker_setup and "skyreels-serve[gpu]" in worker_setup
 
 
+# GPU memory (GB) of the 8-GPU machines the launchers may start for serve_config.gpu8.yaml
+GPU_MEMORY_GB = {"p5.48xlarge": 80, "p5e.48xlarge": 141, "p4de.24xlarge": 80, "p4d.24xlarge": 40,
+                 "a3-highgpu-8g": 80, "a3-ultragpu-8g": 141, "a2-ultragpu-8g": 80, "a2-highgpu-8g": 40}
+# what serve_config.gpu8.yaml puts on a node's first GPU, in bf16 weights alone: gang rank 0's whole DiT (Ulysses
+# splits the sequence, not the weights; 12.82e9 parameters), the TextEncoder's LLaMA-3-8B body (7.50e9) + CLIP-L
+# (0.12e9) and the Vae's 3D VAE (0.25e9); activations, the VAE decode share and three CUDA contexts come on top
+GPU0_WEIGHTS_GB = (12.82 + 7.50 + 0.12 + 0.25) * 2
+
+
+@pytest.mark.parametrize("name", LAUNCHER_FILES)
+def test_launcher_gpus_hold_what_gpu8_puts_on_the_first_one(name):
+    types = _load(name)["available_node_types"].values()
+    machines = [t["node_config"].get("InstanceType") or t["node_config"].get("machineType")
+                for t in types if t["resources"].get("GPU", 0) > 0]
+    assert machines and all(GPU_MEMORY_GB[machine] > 1.5 * GPU0_WEIGHTS_GB for machine in machines), machines
+
+
 def test_serve_stages_refuse_model_level_offload():
     config_module = pytest.importorskip("deployments.config")
     with pytest.raises(ValueError, match="use optimize.block_offload for the DiT"):
