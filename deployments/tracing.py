@@ -20,7 +20,7 @@ from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ class TracingConfig(BaseModel):
         None, description="The file exporter's directory (on every node): spans-<pid>.jsonl per process.")
     service_name: str = Field("skyreels", description="The spans' service.name.")
 
+    @model_validator(mode="after")
+    def _file_needs_a_dir(self) -> TracingConfig:
+        if self.exporter == "file" and self.file_dir is None:
+            raise ValueError("tracing.exporter 'file' needs tracing.file_dir")
+        return self
+
 
 _configured: TracingConfig | None = None
 
@@ -56,11 +62,9 @@ def setup_tracing(config: TracingConfig, process: str) -> None:
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=config.otlp_endpoint)))
     else:
-        if config.file_dir is None:
-            raise ValueError("tracing.exporter 'file' needs tracing.file_dir")
         Path(config.file_dir).mkdir(parents=True, exist_ok=True)
-        out = open(Path(config.file_dir) / f"spans-{os.getpid()}.jsonl", "a", buffering=1)  # noqa: SIM115 - the process's
-        # written as each span ends: a process killed later loses none
+        # open for the process's life; each span is written as it ends: a process killed later loses none
+        out = open(Path(config.file_dir) / f"spans-{os.getpid()}.jsonl", "a", buffering=1)  # noqa: SIM115
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(
             out=out, formatter=lambda span: span.to_json(indent=None) + "\n")))
     trace.set_tracer_provider(provider)

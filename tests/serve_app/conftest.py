@@ -30,13 +30,22 @@ class RunningApp:
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def ray_metrics_port() -> int:
+    """Where the session's Ray exports its metrics for Prometheus (ours, through Ray's metrics agent, and Serve's)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory: pytest.TempPathFactory, ray_metrics_port: int) -> Iterator[int]:
     ray = pytest.importorskip("ray")
     from ray import serve
 
     # set before Ray starts so that every worker process inherits it
     os.environ["SKYREELS_CACHE_DIR"] = str(tmp_path_factory.mktemp("model-cache"))
-    context = ray.init(address="local", num_cpus=16, num_gpus=8, include_dashboard=False, log_to_driver=False)
+    context = ray.init(address="local", num_cpus=16, num_gpus=8, include_dashboard=False, log_to_driver=False,
+                       _metrics_export_port=ray_metrics_port,
+                       # each process hands its metrics to the agent every second (Ray's default: 10 s)
+                       _system_config={"metrics_report_interval_ms": 1000})
     # the state API (list_actors) must find this cluster, not another one on the machine
     os.environ["RAY_ADDRESS"] = context.address_info["gcs_address"]
     port = free_port()
