@@ -7,12 +7,7 @@ the CPU for the dry run, which goes through the same code in seconds.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -107,24 +102,6 @@ def end_to_end(settings: QuickSettings) -> dict:
     }
 
 
-def serve_job(settings: QuickSettings) -> dict:
-    """`skyreels demo` on this device: local Ray Serve with the one-GPU layout (a gang of one) on the tiny
-    preset, one job submitted and saved, then stopped. Its wall time covers all of that."""
-    if importlib.util.find_spec("ray") is None:
-        raise PartSkipped("ray is not installed here (pip install -e '.[dev]' brings it)")
-    with tempfile.TemporaryDirectory(prefix="quick-serve-") as scratch:
-        video = Path(scratch) / "demo.mp4"
-        command = [sys.executable, "-m", "skyreels", "demo", "--device", settings.device, "--model", "tiny",
-                   "--gpus_per_replica", "1", "--port", str(_free_port()), "--data_dir", scratch,
-                   "--output", str(video)]
-        start = time.perf_counter()
-        returncode, output = _run_in_own_session(command, settings.serve_timeout_s)
-        seconds = time.perf_counter() - start
-        if returncode != 0 or not video.is_file():
-            raise RuntimeError(f"`{' '.join(command[1:])}` exited {returncode}: {output[-1500:]}")
-        return {"command": " ".join(["python", *command[1:]]), "seconds": seconds, "mp4_bytes": video.stat().st_size}
-
-
 def weight_swap(settings: QuickSettings) -> dict:
     """A gang rank putting the other model's transformer weights in place (T2V -> I2V -> T2V), from pinned host
     memory on a GPU; seconds per GB, extrapolated to the whole transformer."""
@@ -133,26 +110,3 @@ def weight_swap(settings: QuickSettings) -> dict:
     with tempfile.TemporaryDirectory(prefix="quick-swap-") as scratch:
         return measure_swap(settings.swap_size, swap_models(settings.swap_size, Path(scratch), dtype), settings.device,
                             settings.device == "cuda", 3, full_gb)
-
-
-def _run_in_own_session(command: list[str], timeout_s: float) -> tuple[int, str]:
-    """Runs `command` in a new session; past the limit, that session (Ray's processes included) is stopped."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            output, _ = process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
-        return -1, f"stopped after {timeout_s:.0f} s; {output}"
-    return process.returncode, output
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from part_runner import PartResult
 from tables import threshold_table, variant_table
 
-DIT_PARTS = {"dit_diffusers": "diffusers", "dit_lossless": "lossless", "dit_cudnn": "cudnn",
+DIT_PARTS = {"dit_diffusers": "diffusers", "dit_lossless": "lossless",
              "dit_fp8_dynamic": "fp8-dynamic", "memory_offload": "offload"}
-LOSSLESS_PARTS = ("dit_lossless", "dit_cudnn")
+LOSSLESS_PARTS = ("dit_lossless",)
 
 
 @dataclass(frozen=True)
@@ -126,10 +126,6 @@ def markdown(report: dict) -> str:
         lines += ["", f"Sim timing profile: `{profile['file']}`; a {profile['job']['shape']} job of "
                       f"{profile['job']['steps']} steps would take: "
                       + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in profile["job"]["seconds"].items())]
-    if "serve_job" in ok:
-        serve = ok["serve_job"]
-        lines += ["", "## Serve job", "", f"`{serve['command']}`: {serve['seconds']:.1f} s wall (Ray start, deploy, "
-                  f"one job, stop), {serve['mp4_bytes']} mp4 bytes."]
     if "weight_swap" in ok:
         swap = ok["weight_swap"]
         lines += ["", "## Weight swap", "", f"{swap['size']} ({swap['GB per model']} GB a model, {swap['host memory']} "

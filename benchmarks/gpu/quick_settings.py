@@ -20,13 +20,12 @@ class QuickSettings:
     cache_steps: int
     cache_threshold: float
     e2e_steps: int
-    serve_timeout_s: float
     swap_size: str  # bench_weight_swap's size: a slice of the real model on a GPU, the tiny preset in the dry run
 
 
 GPU = QuickSettings(mode="gpu", preset="random-full", device="cuda", height=544, width=960, num_frames=97,
-                    video_steps=30, measure_steps=2, compile=True, cache_num_frames=9, cache_steps=30,
-                    cache_threshold=0.1, e2e_steps=1, serve_timeout_s=100, swap_size="blocks-4-8")
+                    video_steps=30, measure_steps=1, compile=True, cache_num_frames=9, cache_steps=30,
+                    cache_threshold=0.1, e2e_steps=1, swap_size="blocks-4-8")
 DRY_RUN = QuickSettings(mode="dry-run", preset="tiny", device="cpu", height=64, width=64, num_frames=9,
                         video_steps=2, measure_steps=1, compile=False, cache_num_frames=9, cache_steps=2,
-                        cache_threshold=0.1, e2e_steps=1, serve_timeout_s=240, swap_size="tiny")
+                        cache_threshold=0.1, e2e_steps=1, swap_size="tiny")

@@ -2,9 +2,9 @@
 # The GPU measurements of record. `quick` takes them all in one call of at most 8 minutes on one H100 (the
 # parts in the order of their value, each under a time limit; see benchmarks/gpu/quick.py):
 #
-#   benchmarks/gpu/run.sh quick        every figure below, shortened: DiT variants over a few steps, memory,
-#                                      step cache on a short run, a short e2e video + sim profile, a Serve job,
-#                                      a weight swap (T2V <-> I2V) from pinned host memory
+#   benchmarks/gpu/run.sh quick        the figures below, shortened: DiT variants over a step (diffusers,
+#                                      lossless, fp8), memory, step cache on a short run, a short e2e video + sim
+#                                      profile, a weight swap (T2V <-> I2V) from pinned host memory
 #   benchmarks/gpu/run.sh quick --dry-run   the same code on the tiny preset, CPU, float32, in seconds
 #
 # The full steps, one per call so that each fits in 10 minutes on one H100:
@@ -35,6 +35,11 @@ if [ -d .whl ] && [ "${2:-}" != "--dry-run" ]; then
     export PYTHONPATH="/tmp/site:$PWD:$PWD/benchmarks:$PWD/benchmarks/gpu${PYTHONPATH:+:$PYTHONPATH}"
 else
     export PYTHONPATH="$PWD:$PWD/benchmarks:$PWD/benchmarks/gpu${PYTHONPATH:+:$PYTHONPATH}"
+fi
+# the project itself where it is not installed: its metadata (the `skyreels` script, the entry points that add
+# `serve` and `demo` to it); no dependency is fetched (setuptools, the build backend, is one of the wheels)
+if ! python3 -c "import importlib.metadata as m; m.distribution('skyreels-serve')" 2>/dev/null; then
+    python3 -m pip install -q --no-deps --no-index --no-build-isolation --no-compile -e .
 fi
 export SKYREELS_CACHE_DIR=${SKYREELS_CACHE_DIR:-/tmp/skyreels-cache}
 if [ "$1" = quick ]; then

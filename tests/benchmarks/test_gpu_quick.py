@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,9 @@ import pytest
 ROOT = Path(__file__).parents[2]
 GPU_BENCHMARKS = ROOT / "benchmarks" / "gpu"
 # the order of value: a run cut short keeps the first ones
-PARTS = ["environment", "dit_diffusers", "dit_lossless", "dit_cudnn", "dit_fp8_dynamic", "memory_offload",
-         "step_cache", "end_to_end", "serve_job", "weight_swap"]
-NEEDS_CUDA = {"dit_cudnn", "dit_fp8_dynamic"}
+PARTS = ["environment", "dit_diffusers", "dit_lossless", "dit_fp8_dynamic", "memory_offload", "step_cache",
+         "end_to_end", "weight_swap"]
+NEEDS_CUDA = {"dit_fp8_dynamic"}
 SIMULATED_CUDA = ROOT / "tests" / "simulated_cuda"
 # quick.py's process (its imports), then a part forked from the part runner's server: what each asked CUDA
 FORK_SOURCES = """
@@ -63,7 +65,6 @@ def test_dry_run_measures_every_part_and_writes_the_report(tmp_path: Path, gpu_b
     stages = figures["end_to_end"]["stage_seconds"]
     assert {"text_encode", "image_encode", "denoise", "decode", "mux"} <= set(stages)
     assert all(seconds > 0 for seconds in stages.values())
-    assert figures["serve_job"]["seconds"] > 0 and figures["serve_job"]["mp4_bytes"] > 0
     assert figures["weight_swap"]["swaps"] == 6 and figures["weight_swap"]["median s"] > 0
     assert [target["met"] for target in report["targets"]] == [None] * 6  # a dry run judges nothing
 
@@ -104,3 +105,33 @@ def test_nothing_the_parts_fork_from_queries_cuda(tmp_path: Path) -> None:
     assert part["status"] == "ok", part
     assert part["figures"]["cuda"] == "12.8"  # the server and the part ran on the simulated CUDA build
     assert part["figures"]["queries"] == [], f"the server that {report['preload']} preloads into asked CUDA"
+
+
+def test_the_gpu_plan_fits_its_budget(gpu_benchmarks_importable: None) -> None:
+    """What the parts are expected to take on one H100 stays under 85 % of what run.sh gives them, so that its
+    installs and a part running long leave every part its turn."""
+    from quick import PLAN_SHARE, plan
+    from quick_settings import GPU
+
+    budget_s = int(re.search(r"QUICK_BUDGET_S:-(\d+)", (GPU_BENCHMARKS / "run.sh").read_text()).group(1))
+    parts = plan(GPU)
+    assert PLAN_SHARE <= 0.85 and sum(part.expected_s for part in parts) <= PLAN_SHARE * budget_s
+    assert all(part.expected_s < part.timeout_s for part in parts)
+
+
+# what the GPU image brings (fetch_wheels.sh's header) and what comes with its transformers
+GPU_IMAGE = {"torch", "transformers", "accelerate", "safetensors", "numpy", "pillow", "imageio", "tqdm", "tokenizers",
+             "huggingface-hub", "fsspec"}
+# the Serve app's (deployments, serve_app) and LoRAs', which quick does not run
+SERVING_ONLY = {"ray", "fastapi", "python-multipart", "prometheus-client", "opentelemetry-sdk",
+                "opentelemetry-exporter-otlp-proto-http", "peft"}
+
+
+def test_the_gpu_host_gets_the_library_and_its_dependencies() -> None:
+    """run.sh installs the project (its metadata: the `skyreels` script and its entry points) and the wheels of
+    fetch_wheels.sh bring every dependency of the library that the GPU image lacks (imageio-ffmpeg writes the mp4)."""
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.match(r"[A-Za-z0-9_.-]+", dependency).group(0).lower() for dependency in dependencies}
+    fetched = {name.lower() for name in re.findall(r"([A-Za-z0-9_.-]+)==", (GPU_BENCHMARKS / "fetch_wheels.sh").read_text())}
+    assert names - GPU_IMAGE - SERVING_ONLY <= fetched and "setuptools" in fetched
+    assert re.search(r"pip install [^\n]*-e \.$", (GPU_BENCHMARKS / "run.sh").read_text(), re.MULTILINE)
