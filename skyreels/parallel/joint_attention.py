@@ -133,7 +133,11 @@ def use_joint_attention(transformer: HunyuanVideoTransformer3DModel, mesh: Devic
     processor._attention_backend = getattr(transformer.transformer_blocks[0].attn.processor, "_attention_backend", None)
     for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
         block.attn.set_processor(processor)
-    transformer.forward = functools.partial(_joint_forward, transformer, mesh)
+    if installed is None:
+        # Bound once, when the model is prepared and before any hook wraps forward: block offload's top-level hook
+        # (which brings the modules outside the blocks to the GPU) wraps this forward, and rebinding it later for a
+        # mesh would drop that hook. The mesh is read from the processors at each call instead.
+        transformer.forward = functools.partial(_joint_forward, transformer)
 
 
 def joint_attention_processor(transformer: HunyuanVideoTransformer3DModel) -> JointAttnProcessor | None:
@@ -153,7 +157,6 @@ def drop_text_padding(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
 @torch.inference_mode()
 def _joint_forward(
     self: HunyuanVideoTransformer3DModel,
-    mesh: DeviceMesh | None,
     hidden_states: torch.Tensor,
     timestep: torch.Tensor,
     encoder_hidden_states: torch.Tensor,
@@ -164,6 +167,7 @@ def _joint_forward(
     return_dict: bool = True,
 ):
     """diffusers' forward, with the prompt padding dropped and the video tokens sharded over the mesh."""
+    mesh = joint_attention_processor(self).mesh_given
     degree, rank = (mesh.ulysses_degree, mesh.ulysses_rank) if mesh is not None else (1, 0)
     batch, _, frames, height, width = hidden_states.shape
     p, p_t = self.config.patch_size, self.config.patch_size_t

@@ -16,6 +16,8 @@ import torch.distributed as dist
 from diffusers import AutoencoderKLHunyuanVideo
 from torch import nn
 
+from skyreels.parallel.group import FAKE_BACKEND
+
 
 class _TileDecoder(nn.Module):
     """Stands in for `vae.decoder`: computes this rank's tiles, or replays gathered ones."""
@@ -60,7 +62,12 @@ def _decoder_swapped(vae: AutoencoderKLHunyuanVideo, stand_in: nn.Module) -> Ite
 @torch.inference_mode()
 def parallel_decode(vae: AutoencoderKLHunyuanVideo, latents: torch.Tensor,
                     group: dist.ProcessGroup | None = None) -> torch.Tensor | None:
-    """vae.decode(latents) split over the group's ranks; the video on rank 0, None elsewhere."""
+    """vae.decode(latents) split over the group's ranks; the video on rank 0, None elsewhere.
+
+    In a fake group (skyreels preflight) the lone rank decodes every tile: the same peak on its GPU (one tile at a
+    time, then the whole video as rank 0 blends it), without objects to gather from ranks that do not exist."""
+    if dist.get_backend(group) == FAKE_BACKEND:
+        return vae.decode(latents, return_dict=False)[0]
     rank, world_size = dist.get_rank(group), dist.get_world_size(group)
     config = vae.config
     tiles = _TileDecoder(vae.decoder, rank, world_size, config.out_channels, config.temporal_compression_ratio,

@@ -1,6 +1,6 @@
 """The tensor methods that a CPU-only torch build cannot run on fake CUDA tensors, rewritten into aten ops.
 
-`tensor[...]`, `tensor[...] = value` and `tensor.to(...)` / `.cuda()` / `.cpu()`, `.contiguous()`, `.copy_()`, `int(tensor)` / `.item()` and `torch.tensor(data, device="cuda")` are Python bindings written in
+`tensor[...]`, `tensor[...] = value` and `tensor.to(...)` / `.cuda()` / `.cpu()`, `.contiguous()`, `.copy_()`, `int(tensor)` / `.item()`, `tensor.data = ...` and `torch.tensor(data, device="cuda")` are Python bindings written in
 C++ that construct a CUDA device guard, which a torch build without CUDA cannot make ("PyTorch is not linked with
 support for cuda devices"), even for fake tensors. Every other op reaches FakeTensorMode through the dispatcher,
 which needs no guard. This mode rewrites those calls into the aten ops they stand for (select, slice, unsqueeze,
@@ -17,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 aten = torch.ops.aten
 NO_CUDA = "not linked with support for cuda devices"
+DATA_SETTER = torch.Tensor.data.__set__
 SCALAR_READS = {torch.Tensor.item: lambda value: value, torch.Tensor.__int__: int, torch.Tensor.__index__: int,
                 torch.Tensor.__float__: float, torch.Tensor.__bool__: bool}
 
@@ -36,6 +37,12 @@ class FakeCudaBindings(TorchFunctionMode):
                         non_blocking=kwargs.get("non_blocking", False))
         if func is torch.Tensor.cpu:
             return move(args[0], "cpu")
+        if func == DATA_SETTER:
+            # the new data's device: a FakeTensor keeps its device in a Python attribute that set_data leaves as was
+            func(*args, **kwargs)
+            if isinstance(args[0], FakeTensor) and isinstance(args[1], FakeTensor):
+                args[0].fake_device = args[1].fake_device
+            return None
         if func in SCALAR_READS and _is_cuda(args[0]):
             return SCALAR_READS[func](aten._local_scalar_dense(args[0]))
         if func is torch.Tensor.contiguous and _is_cuda(args[0]):
@@ -66,12 +73,13 @@ def _is_cuda(tensor: Any) -> bool:
 
 def move(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """Tensor.to's semantics: the tensor itself when nothing changes, else a copy."""
+    copy = kwargs.pop("copy", False)
     device, dtype, non_blocking, memory_format = torch._C._nn._parse_to(*args, **kwargs)
     if device is not None and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     same_device = device is None or device == tensor.device
     same_dtype = dtype is None or dtype == tensor.dtype
-    if same_device and same_dtype and not kwargs.get("copy", False) and memory_format is None:
+    if same_device and same_dtype and not copy and memory_format is None:
         return tensor
     fake_mode = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE)
     if fake_mode is not None and not isinstance(tensor, FakeTensor):
