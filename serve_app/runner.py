@@ -257,8 +257,9 @@ class JobRunner:
                     elif job_id in leases.cancel and not task.cancelling():
                         task.cancel()  # as a client's cancel here
                 for job_id in self.preemptor.victims():
-                    logger.info("job %s: pausing it at the next step boundary for an interactive job", job_id)
-                    self._stop(job_id, PREEMPTED)
+                    if job_id not in self._stop_reasons:  # not already being stopped
+                        logger.info("job %s: pausing it at the next step boundary for an interactive job", job_id)
+                        self._stop(job_id, PREEMPTED)
                 await self._take_over()
             except Exception:  # noqa: BLE001 - a store hiccup: the next heartbeat tries again, within the lease
                 logger.exception("heartbeat failed")

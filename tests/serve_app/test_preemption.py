@@ -13,11 +13,13 @@ from stand_in_stages import Stages, finished, submit
 
 from serve_app.limits import PriorityPolicy, PriorityRefused
 from serve_app.metrics import JobMetrics
+from serve_app.preemption import Preemptor
 from serve_app.priorities import KeyShare, Priority
 from serve_app.runner import JobPolicy, JobRunner
 from serve_app.schemas import ErrorCode, Job, JobStatus
 from serve_app.store import SqliteJobStore
 from skyreels.artifacts import STEPS, ArtifactStore
+from skyreels.progress import Phase
 
 QUICK = dict(max_running_jobs=1, job_heartbeat_s=0.05, job_lease_s=1.0, queue_poll_s=0.05, preempt_after_s=0.0)
 
@@ -100,3 +102,28 @@ def test_a_key_asks_for_at_most_its_class() -> None:
     assert refused.value.status_code == 403
     # a default above the key's allowance falls to the allowance
     assert PriorityPolicy(Priority.INTERACTIVE, Priority.BATCH, {}).admit("key_c", None) == (Priority.BATCH, 1.0)
+
+
+def test_batch_jobs_wait_at_the_gang_while_an_interactive_job_of_the_runner_waits(tmp_path: Path) -> None:
+    async def scenario():
+        store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+        preemptor = Preemptor(store, preempt_after_s=0.0, max_preemptions=3)
+        base = dict(model="skyreels-v1-t2v", prompt="p", negative_prompt="", size="64x64", num_frames=9,
+                    num_inference_steps=4, guidance_scale=6.0, embedded_guidance_scale=1.0, seed=1, fps=24,
+                    total_steps=4, status=JobStatus.IN_PROGRESS, created_at=1.0)
+        watched = Job(id="watched", priority=Priority.INTERACTIVE, phase=Phase.ENCODING_TEXT, **base)
+        held, on_gang = (Job(id=name, priority=Priority.BATCH, phase=Phase.DENOISING, **base)
+                         for name in ("held", "on-gang"))
+        for job in (watched, held, on_gang.model_copy(update={"current_step": 2})):
+            preemptor.track(job)
+        turn = asyncio.create_task(preemptor.gang_turn("held"))
+        await asyncio.sleep(0.01)
+        assert not turn.done()
+        # the job on the gang is paused; the one held at its door keeps its slot (no interactive job is queued)
+        assert preemptor.victims(now=10.0) == ["on-gang"]
+        preemptor.track(watched.model_copy(update={"phase": Phase.DENOISING, "current_step": 1}))
+        await asyncio.wait_for(turn, 1)
+        assert preemptor.victims(now=10.0) == []  # the interactive job is on the gang: nothing waits
+        store.close()
+
+    asyncio.run(scenario())
