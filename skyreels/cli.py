@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 from skyreels.logs import configure_logging
 from skyreels.lora.spec import MAX_LORAS, MAX_SCALE, MIN_SCALE, LoraSpec
 from skyreels.models import ModelNotAvailableError
+from skyreels.preflight.gpus import GPU_TYPES
 from skyreels.optimize.config import OptimizeConfig, QuantMode
 from skyreels.request import GenerationRequest, Task
 from skyreels.validation import describe_validation_error
@@ -27,6 +28,7 @@ logger = logging.getLogger("skyreels.cli")  # also under `python -m skyreels.cli
 # Each entry point names a callable that takes the subparsers and adds its commands; a command sets
 # `run` (args -> exit code) as a parser default.
 COMMANDS_GROUP = "skyreels.commands"
+PREFLIGHT_CONFIGS_GROUP = "skyreels.preflight_configs"  # (path, GpuType, GenerationRequest) -> PreflightReport
 DTYPES = ("bfloat16", "float16", "float32")
 VERBOSE_HELP = "show our debug logs and every third-party message (default: off)"
 REQUEST_FLAGS = (
@@ -124,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=_command_parser)
     _add_generate(commands)
+    _add_preflight(commands)
     make_tiny = commands.add_parser("make-tiny", help="write the tiny preset (the real weights' on-disk layout)")
     make_tiny.add_argument("path", type=Path, help="directory to write")
     make_tiny.add_argument("--task", default="t2v", choices=[t.value for t in Task], help="which model to write")
@@ -137,21 +140,29 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_generate(commands: argparse._SubParsersAction) -> None:
     generate = commands.add_parser("generate", help="generate videos in this process",
                                    description="Generate videos in this process (video_generate.py's flags).")
+    add_generation_flags(generate)
+    generate.add_argument("--video_num", type=int, default=1, help="videos from consecutive seeds")
+    generate.add_argument("--outdir", default="skyreels", help="videos go to results/OUTDIR/")
+    add_device_flags(generate)
+    generate.set_defaults(run=run_generate)
+
+
+def add_generation_flags(generate: argparse.ArgumentParser, overrides: dict[str, dict] | None = None) -> None:
+    """What a video is and how it runs: the request, the model, the GPUs and the speed and memory options.
+    `overrides`: argparse options of request flags, by flag, over the CLI's own (CLI_OVERRIDES)."""
     request_fields = GenerationRequest.model_fields
     generate.add_argument("--model_id", default="tiny", help="'tiny', a local directory or a Hub id")
     add_field_flag(generate, "task_type", request_fields["task"], aliases=("task",))
     add_field_flag(generate, "image", request_fields["image"], type=str,
                    help=f"{request_fields['image'].description} An image file.")
     for name in REQUEST_FLAGS:
-        add_field_flag(generate, name, request_fields[name], **CLI_OVERRIDES.get(name, {}))
+        add_field_flag(generate, name, request_fields[name],
+                       **CLI_OVERRIDES.get(name, {}) | (overrides or {}).get(name, {}))
     generate.add_argument("--lora", action="append", type=_lora, metavar="SOURCE[:SCALE]",
                           help="a LoRA adapter of the DiT: a .safetensors file, a directory holding one, an fsspec "
                                "URL (s3://, gs://, https://, ...) or a Hub id (owner/name), with its strength SCALE "
                                f"(1.0 when left out, {MIN_SCALE:g} to {MAX_SCALE:g}); repeat for several (up to "
                                f"{MAX_LORAS})")
-    generate.add_argument("--video_num", type=int, default=1, help="videos from consecutive seeds")
-    generate.add_argument("--outdir", default="skyreels", help="videos go to results/OUTDIR/")
-    add_device_flags(generate)
     generate.add_argument("--gpu_num", type=int, default=1, help="processes in one group, one GPU each")
     generate.add_argument("--sequence_batch", action="store_true",
                           help="run the CFG branches one after the other (less memory)")
@@ -163,7 +174,67 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
                    choices=[mode for mode in get_args(QuantMode) if mode != "none"])
     for flag, field in OPTIMIZE_FLAGS.items():
         add_field_flag(speed, flag, optimize_fields[field])
-    generate.set_defaults(run=run_generate)
+
+
+def request_from_flags(args: argparse.Namespace) -> GenerationRequest:
+    return GenerationRequest(
+        task=Task(args.task_type),
+        image=_load_image(args.image) if args.image else None,
+        loras=args.lora or [],
+        **{name: getattr(args, name) for name in REQUEST_FLAGS},
+    )
+
+
+def optimize_from_flags(args: argparse.Namespace) -> OptimizeConfig:
+    return OptimizeConfig(
+        quant=args.quant_mode if args.quant else "none",
+        **{field: getattr(args, flag) for flag, field in OPTIMIZE_FLAGS.items()},
+    )
+
+
+def _add_preflight(commands: argparse._SubParsersAction) -> None:
+    preflight = commands.add_parser(
+        "preflight", help="find GPU faults and count GPU and host memory on fake CUDA, before renting GPUs",
+        description="Runs the real code of `skyreels generate` (or of a Serve config) on fake CUDA at full size, "
+                    "with no weights allocated: any error CUDA would raise, the peak memory of each GPU and of the "
+                    "host, and whether it fits. --model_id picks nothing here: the SkyReels-V1 architecture of "
+                    "--task_type is played. Exit status 0: fits; 1: does not fit, or a fault.")
+    # the prompt's words change nothing the preflight counts (every prompt is played as 256 tokens)
+    add_generation_flags(preflight, overrides={"prompt": {"required": False, "default": "a preflight"}})
+    preflight.add_argument("--gpu_type", default="H100-80GB", choices=list(GPU_TYPES), help="the GPUs to plan for")
+    preflight.add_argument("--config", type=Path, metavar="SERVE_CONFIG.yaml",
+                           help="a Serve config: what each GPU of its layout holds (its stages, co-located "
+                                "replicas and the gang's ranks), for a request of the flags' shape")
+    preflight.set_defaults(run=run_preflight)
+
+
+def run_preflight(args: argparse.Namespace) -> int:
+    from skyreels.preflight.generate import preflight_generate
+    from skyreels.preflight.gpus import gpu_type
+    from skyreels.preflight.run import PreflightFault
+
+    gpu = gpu_type(args.gpu_type)
+    request = request_from_flags(args)
+    try:
+        if args.config is not None:
+            report = _config_preflight()(args.config, gpu, request)
+        else:
+            report = preflight_generate(request, gpu, optimize_from_flags(args), args.gpu_num, args.sequence_batch)
+    except PreflightFault as fault:
+        print(f"skyreels preflight: a GPU run would fail: {fault}", file=sys.stderr)
+        return 1
+    for line in report.lines():
+        print(line)
+    print(report.verdict())
+    return 0 if report.fits else 1
+
+
+def _config_preflight() -> Any:
+    """The preflight of a Serve config, which the package that knows Serve configs provides (serve_app)."""
+    found = entry_points(group=PREFLIGHT_CONFIGS_GROUP)
+    if not found:
+        raise UsageError("--config needs the Serve application's package (serve_app) installed")
+    return next(iter(found)).load()
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -175,16 +246,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
     if args.video_num < 1:
         raise UsageError("--video_num must be at least 1")
-    request = GenerationRequest(
-        task=Task(args.task_type),
-        image=_load_image(args.image) if args.image else None,
-        loras=args.lora or [],
-        **{name: getattr(args, name) for name in REQUEST_FLAGS},
-    )
-    optimize = OptimizeConfig(
-        quant=args.quant_mode if args.quant else "none",
-        **{field: getattr(args, flag) for flag, field in OPTIMIZE_FLAGS.items()},
-    )
+    request = request_from_flags(args)
+    optimize = optimize_from_flags(args)
     pipe = LocalPipeline.from_pretrained(
         args.model_id,
         task=request.task,

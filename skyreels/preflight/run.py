@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from skyreels.gang.commands import Command
+from skyreels.gang.commands import Command, Decode
 from skyreels.gang.local import LocalGangStages
 from skyreels.gang.rank import GangRank, RankSpec
 from skyreels.models import TINY, resolve_model
@@ -53,7 +53,8 @@ class ProcessPlan:
     task: Task
     request: GenerationRequest
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
-    world_size: int = 1  # the gang's size (GANG_RANK); PIPELINE with more than one: a local gang's rank 0
+    world_size: int = 1  # the gang's size (GANG_RANK); PIPELINE with more than one: a local gang's rank
+    rank: int = 0  # which rank of the gang this process is (rank 0 holds what only the main rank needs)
     sequence_batch: bool = False
     encode_text: bool = False  # a gang rank holding the text encoders (rank 0 of a monolithic gang)
     decode: bool = False  # a gang rank holding the VAE and decoding its share
@@ -123,27 +124,27 @@ def _run(plan: ProcessPlan, request: GenerationRequest) -> None:
 
 
 def _run_rank(plan: ProcessPlan, request: GenerationRequest) -> None:
-    """Rank 0 of a gang of `plan.world_size`: loads as GangRank does, joins a fake group, runs the commands the
-    gang's driver sends (LocalGangStages), in this process."""
+    """A rank of a gang of `plan.world_size`: loads as GangRank does, joins a fake group, runs the commands the
+    gang's driver sends (LocalGangStages) to this rank, in this process."""
     served = plan.served or (plan.task,)
     spec = RankSpec(transformers=dict.fromkeys(served, FAKE_FULL), device="cuda", dtype=plan.dtype,
                     world_size=plan.world_size, sequence_batch=plan.sequence_batch, optimize=plan.optimize,
                     encode_text=plan.encode_text or plan.role is Role.PIPELINE,
                     decode=plan.decode or plan.role is Role.PIPELINE, group_backend=FAKE_BACKEND)
-    rank = GangRank(spec, rank=0)
+    rank = GangRank(spec, rank=plan.rank)
     rank.join("127.0.0.1", 0)
     try:
         stages = LocalGangStages(_InProcessGang(rank))
-        if spec.encode_text and spec.decode:
+        if spec.encode_text and spec.decode and rank.is_main:
             run_sync(generate(request, stages))
             return
-        if spec.encode_text:
+        if spec.encode_text and rank.is_main:
             run_sync(stages.encode_text(request.prompt, request.negative_prompt))
         conditioning = _fake_conditioning(request)
         run_sync(_drain(stages, plan.task, conditioning, request))
-        if spec.decode:
-            run_sync(stages.decode(torch.empty(1, 16, (request.num_frames - 1) // 4 + 1, request.height // 8,
-                                               request.width // 8), request))
+        if spec.decode:  # every rank decodes its share; only rank 0 answers
+            latents = torch.empty(1, 16, (request.num_frames - 1) // 4 + 1, request.height // 8, request.width // 8)
+            list(rank.run(Decode(latents)))
     finally:
         rank.close()
 
