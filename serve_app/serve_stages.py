@@ -57,8 +57,15 @@ class ServeStages:
                 # routed to a gang that holds the task's model, when one is free (Serve's model multiplexing)
                 gang = self.denoiser.options(multiplexed_model_id=SERVED_MODEL_IDS[task])
                 with call_span("denoise") as trace:
-                    async for event in gang.denoise.remote(task, conditioning, params, image, checkpoint, trace=trace):
-                        yield event
+                    stream = gang.denoise.remote(task, conditioning, params, image, checkpoint, trace=trace)
+                    ended = False
+                    try:
+                        async for event in stream:
+                            yield event
+                        ended = True
+                    finally:
+                        if not ended:  # closed early (paused, cancelled): Serve stops the gang's run now
+                            stream.cancel()
                 return
             except GangUnavailable:
                 if attempt == GANG_RETRIES:
