@@ -57,18 +57,20 @@ class BodyGuard:
         limit = self.limit()
         headers = Headers(scope=scope)
         declared = int(headers["content-length"]) if headers.get("content-length", "").isdigit() else 0
-        body, complete = bytearray(), declared <= DRAIN_BYTES
-        more = complete
+        body, received = bytearray(), 0
+        more = declared <= DRAIN_BYTES
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            if len(body) <= limit:
-                body += message.get("body", b"")
-            more = message.get("more_body", False)
-        if declared > limit or len(body) > limit:
-            # not drained (larger than DRAIN_BYTES): the connection is closed, as it would be anyway
-            closing = {} if complete else {"Connection": "close"}
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received <= limit:
+                body += chunk
+            more = message.get("more_body", False) and received <= DRAIN_BYTES  # a body of no stated length too
+        if declared > limit or received > limit:
+            # not read to its end (over DRAIN_BYTES): the connection is closed, as it would be anyway
+            closing = {} if max(declared, received) <= DRAIN_BYTES else {"Connection": "close"}
             response = error_response(413, "body_too_large", f"the body is larger than {limit // 2**20} MiB (the "
                                       "image limit, as a data URL, plus the fields)", headers=closing)
             return await response(scope, receive, send)

@@ -138,7 +138,8 @@ class VideoReference(BaseModel):
 
 
 class ExtendParams(BaseModel):
-    """POST /v1/videos/extensions: continue a completed video from its last frame (I2V), same settings and seed.
+    """POST /v1/videos/extensions: continue a completed video from its last frame (I2V), same settings and seed;
+    or an uploaded clip (mp4 or webm), resized to a size the model takes, at its own frame rate.
 
     The new job's video is the source's frames followed by the continuation."""
 
@@ -146,7 +147,8 @@ class ExtendParams(BaseModel):
         "example": {"prompt": "the cat jumps", "seconds": "4", "video": {"id": "video_0123"}}})
 
     prompt: str = Field(min_length=1, max_length=4000, description="What happens next.")
-    video: VideoReference
+    video: VideoReference | None = Field(None, description="The completed video to extend; in a multipart body, "
+                                         "an uploaded mp4 or webm file instead.")
     seconds: Seconds = Field(None, description="Length of the continuation in seconds, at the source's fps.")
     num_frames: int | None = Field(None, description="Or the continuation's frames (4k+1); default: the model's.")
 

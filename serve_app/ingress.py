@@ -333,9 +333,18 @@ class VideoIngress:
     @app.post("/v1/videos/extensions", status_code=202, operation_id="extendVideo", response_model=Video,
               openapi_extra=EXTEND_BODY, responses=errors(400, 401, 404, 409, 413, 415, 422, 429))
     async def http_extend(self, request: Request, owner: Owner) -> JSONResponse:
+        """Extends a completed job's video (`video: {"id"}`), or an uploaded mp4 or webm (a `video` file)."""
         fields, typed = await read_fields(request)
-        return await self._once(request, owner, fields,
-                                lambda: self.service.extend(parse(ExtendParams, fields, typed), owner))
+        upload = fields.get("video") if isinstance(fields.get("video"), bytes) else None
+        params = {name: value for name, value in fields.items() if upload is None or name != "video"}
+
+        async def extend() -> Video:
+            extension = parse(ExtendParams, params, typed)
+            if upload is not None:
+                return await self.service.extend_clip(extension, upload, self.uploads, owner)
+            return await self.service.extend(extension, owner)
+
+        return await self._once(request, owner, fields, extend)
 
     @app.get("/v1/videos/{video_id:job_id}", operation_id="getVideo", response_model=Video,
              responses=errors(401, 404, 422))

@@ -75,10 +75,10 @@ def _body(model: type[BaseModel], form: dict[str, Any]) -> dict[str, Any]:
 
 SUBMIT_BODY = _body(VideoCreateParams, _form_schema(
     VideoCreateParams, {"input_reference": "The I2V first frame (PNG, JPEG or WebP by default)."})) | IDEMPOTENT
-_extend_form = _form_schema(ExtendParams, {})
-_extend_form["properties"].pop("video")
+_extend_form = _form_schema(ExtendParams, {"video": "A video to extend (mp4 or webm, within the upload limits): "
+                                                    "it is resized to a size the model takes and keeps its frame "
+                                                    "rate. Or give `video[id]`."})
 _extend_form["properties"]["video[id]"] = {"type": "string", "description": "The completed video to extend."}
-_extend_form["required"] = ["prompt", "video[id]"]
 EXTEND_BODY = _body(ExtendParams, _extend_form) | IDEMPOTENT
 
 

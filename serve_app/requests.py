@@ -6,6 +6,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import re
 import secrets
 import time
@@ -41,11 +42,16 @@ class UploadLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_bytes: int = Field(20 * 2**20, ge=1, description="Largest image file; a bigger one (or body) gets 413.")
+    max_bytes: int = Field(20 * 2**20, ge=1, description="Largest image (or video) file; a bigger one (or body) gets "
+                           "413.")
     max_pixels: int = Field(4096 * 4096, ge=1, description="Largest width x height, read from the header before "
                             "decoding: a bigger image (a decompression bomb) gets 413.")
     formats: list[str] = Field(["PNG", "JPEG", "WEBP"], description="Image formats accepted (Pillow's names); "
                                "others get 422.")
+    video_formats: list[str] = Field(["mp4", "webm"], description="Formats of a video to extend (a `video` file "
+                                     "of POST /v1/videos/extensions); others get 422. max_bytes and max_pixels (of "
+                                     "a frame) hold for it too.")
+    max_video_seconds: float = Field(30.0, gt=0, description="Longest video to extend; a longer one gets 413.")
 
     @property
     def max_body_bytes(self) -> int:
@@ -91,8 +97,11 @@ async def read_fields(request: Request) -> tuple[dict[str, Any], bool]:
             nested = BRACKETED_KEY.match(key)
             if value == "":
                 continue
+            name = nested[1] if nested else key
+            if name in fields and isinstance(fields[name], dict) != bool(nested):
+                raise InvalidRequest(f"{name}: give {name} or {name}[...] fields, not both")
             if nested:
-                fields.setdefault(nested[1], {})[nested[2]] = value
+                fields.setdefault(name, {})[nested[2]] = value
             else:
                 fields[key] = value
         return fields, False
@@ -244,7 +253,7 @@ def with_model_defaults(params: VideoCreateParams, model: ServedModel) -> VideoC
 
 def frames_for(seconds: float, fps: int) -> int:
     """Frames of `seconds` of video at `fps`, rounded to the nearest 4k+1 the model makes."""
-    frames = 4 * round(seconds * fps / 4) + 1
+    frames = 4 * round(seconds * fps / 4) + 1 if seconds * fps <= 4 * MAX_FRAMES else math.inf  # 1e308 s: no int
     if frames > MAX_FRAMES:
         raise InvalidRequest(f"seconds: at most {(MAX_FRAMES - 1) / fps:g} s at {fps} fps ({MAX_FRAMES} frames), "
                              f"got {seconds:g}")

@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
 
 from serve_app.loras import AppliedLora, LoraRef
 from serve_app.priorities import Priority
@@ -76,11 +77,20 @@ class Attempt(BaseModel):
 
 
 def _request_field(name: str) -> Any:
-    """A submit field with GenerationRequest's type, default and description: the one vocabulary."""
+    """A submit field with GenerationRequest's type, limits, default and description: the one vocabulary (the
+    limits are in the OpenAPI document, so what it calls valid is valid)."""
     field = GenerationRequest.model_fields[name]
-    return field.annotation, Field(field.default, description=field.description)
+    return _limited(field), Field(field.default, description=field.description,
+                                  json_schema_extra=DOCUMENTED_RULES.get(name))
 
 
+def _limited(field: FieldInfo) -> Any:
+    """The field's type with its limits (ge, max_length, ...)."""
+    return Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+
+
+# Rules GenerationRequest's validators check, as the document states them (a blank prompt is refused).
+DOCUMENTED_RULES = {"prompt": {"pattern": r"\S"}}
 # Fields a submit body and a stored job share with GenerationRequest, under the same names.
 SHARED_FIELDS = (
     "prompt", "negative_prompt", "num_frames", "num_inference_steps",
@@ -97,7 +107,7 @@ MODEL_DEFAULTED = ("num_frames", "num_inference_steps")
 
 def _model_defaulted_field(name: str) -> Any:
     field = _REQUEST_FIELDS[name]
-    return field.annotation | None, Field(None, description=f"{field.description} Default: the model's.")
+    return _limited(field) | None, Field(None, description=f"{field.description} Default: the model's.")
 
 
 VideoCreateParams = create_model(

@@ -17,12 +17,12 @@ from PIL import Image
 
 from serve_app.contract import ExtendParams, ModelList, RemixParams, Video, VideoDeleted, VideoList
 from serve_app.eta import EtaEstimator
-from serve_app.extension import EXTENDED_VIDEO, PREFIX_VIDEO, last_frame, stitched_video
+from serve_app.extension import EXTENDED_VIDEO, PREFIX_VIDEO, last_frame, read_clip, stitched_video
 from serve_app.limits import PriorityPolicy, SubmitLimits
 from serve_app.loras import AdapterList, AdapterRegistry
 from serve_app.model_cards import model_card
 from serve_app.priorities import Priority, estimated_gpu_seconds
-from serve_app.requests import ApiError, InvalidRequest, new_job, parse, to_png
+from serve_app.requests import ApiError, InvalidRequest, UploadLimits, new_job, parse, parse_size, to_png
 from serve_app.retention import expires_at
 from serve_app.runner import JobRunner
 from serve_app.schemas import SHARED_FIELDS, Job, JobStatus, VideoCreateParams
@@ -136,6 +136,9 @@ class VideoService:
 
     async def extend(self, extension: ExtendParams, owner: str | None = None) -> Video:
         """An I2V continuation from the source's last frame, on the source's seed and settings."""
+        if extension.video is None:
+            raise InvalidRequest('video: give a completed video as {"id": "video_..."}, or upload an mp4 or webm '
+                                 "file as `video` (multipart)")
         source = self._completed(extension.video.id, owner)
         video = await self.content(source.id)
         params = _params_of(source, prompt=extension.prompt, model=self._i2v_model(),
@@ -143,6 +146,21 @@ class VideoService:
         image = await asyncio.to_thread(last_frame, video)
         return await self.submit(params, image, video, owner, extended_from_video_id=source.id,
                                  prefix_frames=self.view(source).total_frames)
+
+    async def extend_clip(self, extension: ExtendParams, clip: bytes, limits: UploadLimits,
+                          owner: str | None = None) -> Video:
+        """An I2V continuation from an uploaded clip's last frame, at the clip's frame rate, the clip resized to
+        about the I2V model's default size (a new seed unless given)."""
+        model = self._i2v_model()
+        width, height = parse_size(model_card(self._served(model)).defaults.size)
+        read = await asyncio.to_thread(read_clip, clip, limits, width * height)
+        params = parse(VideoCreateParams, {"model": model, "prompt": extension.prompt, "size": read.size,
+                                           "fps": read.fps, "num_frames": extension.num_frames,
+                                           "seconds": extension.seconds})
+        return await self.submit(params, read.last_frame, read.mp4, owner, prefix_frames=read.frames)
+
+    def _served(self, model_id: str) -> ServedModel:
+        return next(model for model in self.served_models if model.id == model_id)
 
     async def follow(self, job_id: str, keepalive_s: float | None = None,
                      owner: str | None = None) -> AsyncIterator[Video | None]:

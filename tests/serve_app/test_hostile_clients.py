@@ -56,6 +56,19 @@ def test_deep_json_in_a_multipart_field_gets_a_4xx(serve_base_url: str, value: s
                                         "message": "loras nests arrays or objects more than 32 deep"}
 
 
+def test_a_duration_too_long_to_count_is_refused_with_the_rule(serve_base_url: str) -> None:
+    response = httpx.post(f"{serve_base_url}/v1/videos", json={"prompt": "a cat", "seconds": 7.49e306})
+    assert response.status_code == 422 and "seconds: at most 12 s at 24 fps" in response.json()["error"]["message"]
+
+
+def test_a_field_and_its_bracketed_fields_together_are_refused(serve_base_url: str) -> None:
+    for parts in ({"video": ("clip.mp4", b"\x00\x00\x00\x18ftypmp42"), "video[id]": (None, "video_0123")},
+                  {"video[id]": (None, "video_0123"), "video": (None, "video_0123")}):
+        response = httpx.post(f"{serve_base_url}/v1/videos/extensions", files={"prompt": (None, "more"), **parts})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["message"] == "video: give video or video[...] fields, not both"
+
+
 def test_unknown_fields_are_named_with_the_fields_there_are(serve_base_url: str) -> None:
     json_body = httpx.post(f"{serve_base_url}/v1/videos", json={"prompt": "a cat", "stepz": 4, "colour": "red"})
     form_body = httpx.post(f"{serve_base_url}/v1/videos",

@@ -99,3 +99,37 @@ def test_errors_arrive_as_the_clients_exceptions(client) -> None:
         client.videos.create(prompt="a cat", model="sora-2")
     with pytest.raises(openai.NotFoundError):
         client.videos.remix("video_missing", prompt="x")
+
+
+def test_extend_an_uploaded_clip(client, tmp_path) -> None:
+    """`extend(video=open(...))`, the official client's way: the clip's last frame starts the I2V continuation; the
+    video is the clip, resized to a size the model takes (96x80 -> 64x64 for the tiny preset's 64x64), then the
+    continuation, at the clip's 2 fps."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from skyreels.video import encode_mp4
+
+    ramp = np.linspace(0, 255, 96, dtype=np.uint8)
+    frames = np.stack([np.stack([np.tile(ramp, (80, 1)), np.full((80, 96), 40 * i, np.uint8),
+                                 np.tile(ramp[::-1], (80, 1))], axis=-1) for i in range(5)])
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(encode_mp4(frames, 2))
+    with clip.open("rb") as video:
+        extension = client.videos.extend(prompt="the colours drift on", seconds="4", video=video)
+    assert extension.model == "skyreels-v1-i2v" and extension.size == "64x64"
+    assert extension.model_dump()["prefix_frames"] == 5 and extension.seconds == "6.5"  # 5 + 9 - 1 frames at 2 fps
+    assert client.videos.poll(extension.id, poll_interval_ms=200).status == "completed"
+    stitched = client.videos.download_content(extension.id).read()
+    assert decode_mp4(stitched).shape == (5 + 9 - 1, 64, 64, 3)
+    assert iio.immeta(stitched, extension=".mp4", plugin="FFMPEG")["fps"] == 2
+    client.videos.delete(extension.id)
+
+    with pytest.raises(openai.UnprocessableEntityError, match="video is not mp4 or webm"):
+        client.videos.extend(prompt="more", seconds="4", video=("clip.gif", _png((1, 2, 3)), "image/gif"))
+    too_long = tmp_path / "long.webm"
+    iio.imwrite(too_long, np.zeros((31, 64, 64, 3), np.uint8), extension=".webm", plugin="FFMPEG", fps=1,
+                codec="libvpx-vp9")
+    with too_long.open("rb") as video, pytest.raises(openai.APIStatusError, match="at most 30 s") as refused:
+        client.videos.extend(prompt="more", seconds="4", video=video)
+    assert refused.value.status_code == 413
