@@ -1,24 +1,31 @@
 """Several ingress replicas on one PostgreSQL job store: two JobRunners (each with its own store connection and
-stand-in stages, as two replicas have) in one process, against a real PostgreSQL server."""
+stand-in stages, as two replicas have) in one process, against a real PostgreSQL server; then the app through Serve
+with two ingress replicas, and what an operator sees of it (metrics in a real Prometheus, traces)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import shutil
+import subprocess
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 from PIL import Image
 from stand_in_stages import Stages, finished, inside, submit
 
+from deployments.metrics import RAY_SERIES
 from serve_app.client import VideoClient
 from serve_app.metrics import JobMetrics
 from serve_app.runner import JobPolicy, JobRunner, QueueFull
@@ -26,6 +33,7 @@ from serve_app.schemas import ErrorCode, Job, JobStatus
 from serve_app.store import open_store
 from skyreels.artifacts import ArtifactStore
 from skyreels.models import SERVED_MODEL_IDS
+from skyreels.parallel.group import free_port
 from skyreels.request import Task
 
 # short leases, so that a dead replica's jobs come back within a second or two
@@ -34,6 +42,7 @@ POLICY = JobPolicy(max_queued_jobs=200, max_running_jobs=4, max_attempts=3, job_
 TIMEOUT_S = 60
 SERVE_TIMEOUT_S = 120
 T2V_ID, I2V_ID = SERVED_MODEL_IDS[Task.T2V], SERVED_MODEL_IDS[Task.I2V]
+OBSERVABILITY = Path(__file__).resolve().parents[2] / "cluster" / "observability"
 
 
 @asynccontextmanager
@@ -181,35 +190,51 @@ def follow_over_sse(url: str, job_id: str) -> tuple[str, list[dict]]:
     return response.headers["x-ingress-replica"], updates
 
 
-@pytest.mark.slow
-def test_two_ingress_replicas_on_postgresql_accept_list_and_follow_every_job(
-        ray_local: int, postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> None:
-    import psycopg
+@dataclass(frozen=True)
+class ServedReplicas:
+    url: str
+    database_url: str
+    trace_dir: Path  # the app's spans (tracing: the file exporter), one file per process
+
+
+@pytest.fixture(scope="module")
+def served_replicas(ray_local: int, postgres_server, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[ServedReplicas]:
+    """The app on the sim model with two ingress replicas on PostgreSQL, for this module's tests through Serve (one
+    deploy: on 2 cores it takes a minute or two)."""
     from ray import serve
 
     from conftest import deploy
 
     sim = "sim?time_factor=0.01"
-    png = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 120, 40)).save(png, format="PNG")
+    database_url, trace_dir = postgres_server.new_database(), tmp_path_factory.mktemp("spans")
     app = deploy(ray_local, tmp_path_factory.mktemp("replicas"), "replicas", "/replicas", model=sim, i2v_model=sim,
-                 database_url=postgres_url, ingress_replicas=2, max_running_jobs=3, job_lease_s=3.0,
-                 job_heartbeat_s=0.5, queue_poll_s=0.1)
+                 database_url=database_url, ingress_replicas=2, max_running_jobs=3, job_lease_s=3.0,
+                 job_heartbeat_s=0.5, queue_poll_s=0.1, tracing={"exporter": "file", "file_dir": str(trace_dir)})
     try:
-        with VideoClient(app.url, timeout_s=SERVE_TIMEOUT_S) as client, ThreadPoolExecutor(12) as pool:
-            jobs, following = [], []
-            for i in range(12):  # a third I2V: the queue groups them
-                jobs.append(client.submit(f"replica job {i}", model=(T2V_ID, I2V_ID)[i % 3 == 2], seed=i,
-                                          image=png.getvalue() if i % 3 == 2 else None, size="64x64", num_frames=9,
-                                          num_inference_steps=4))
-                following.append(pool.submit(follow_over_sse, app.url, jobs[-1]["id"]))  # streams open at once:
-            streams = [future.result() for future in following]  # both replicas serve some
-            listings = [httpx.get(f"{app.url}/v1/videos", params={"limit": 100}, timeout=SERVE_TIMEOUT_S)
-                        for _ in range(8)]
-        with psycopg.connect(postgres_url) as conn:  # the runner that claimed each job last
-            ran_by = dict(conn.execute("SELECT id, lease_owner FROM jobs").fetchall())
+        yield ServedReplicas(app.url, database_url, trace_dir)
     finally:
         serve.delete(app.name)
+
+
+@pytest.mark.slow
+def test_two_ingress_replicas_on_postgresql_accept_list_and_follow_every_job(served_replicas: ServedReplicas) -> None:
+    import psycopg
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(png, format="PNG")
+    url = served_replicas.url
+    with VideoClient(url, timeout_s=SERVE_TIMEOUT_S) as client, ThreadPoolExecutor(12) as pool:
+        jobs, following = [], []
+        for i in range(12):  # a third I2V: the queue groups them
+            jobs.append(client.submit(f"replica job {i}", model=(T2V_ID, I2V_ID)[i % 3 == 2], seed=i,
+                                      image=png.getvalue() if i % 3 == 2 else None, size="64x64", num_frames=9,
+                                      num_inference_steps=4))
+            following.append(pool.submit(follow_over_sse, url, jobs[-1]["id"]))  # streams open at once:
+        streams = [future.result() for future in following]  # both replicas serve some
+        listings = [httpx.get(f"{url}/v1/videos", params={"limit": 100}, timeout=SERVE_TIMEOUT_S) for _ in range(8)]
+    with psycopg.connect(served_replicas.database_url) as conn:  # the runner that claimed each job last
+        ran_by = dict(conn.execute("SELECT id, lease_owner FROM jobs").fetchall())
 
     finals = [updates[-1] for _, updates in streams]
     assert [final["status"] for final in finals] == ["completed"] * 12
@@ -223,3 +248,201 @@ def test_two_ingress_replicas_on_postgresql_accept_list_and_follow_every_job(
     for listing in listings:
         assert {video["id"] for video in listing.json()["data"]} == {job["id"] for job in jobs}
     assert {listing.headers["x-ingress-replica"] for listing in listings} <= replicas
+
+
+# ---------------------------------------------------------------------- what an operator watches
+# A Prometheus server (Debian's `prometheus` package, started here on loopback) scrapes the session Ray's metrics
+# export while the app above runs a known set of jobs besides the ones of the test above: completed ones, one
+# failed, one cancelled, one re-run after its gang lost a worker. PromQL over its HTTP API gives exactly the job
+# store's counts, summed over whichever replica ran each job; each job leaves one trace with spans from the
+# processes of its stages and gang rank (OpenTelemetry, the file exporter).
+
+SMALL = dict(size="64x64", num_frames=9, num_inference_steps=4)
+# the workload of record: the sim holds each step for ~0.1 s (1/100 of an A800's), a few seconds in all
+LONG = dict(size="960x544", num_frames=97, num_inference_steps=30)
+
+
+def poll_until(condition: Callable[[], Any], timeout_s: float = SERVE_TIMEOUT_S, every_s: float = 0.2) -> Any:
+    """Polls `condition` until it returns something true; returns that."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(every_s)
+    return value
+
+
+@dataclass(frozen=True)
+class Prometheus:
+    url: str
+
+    def query(self, expr: str) -> list[dict]:
+        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
+        assert answer["status"] == "success", (expr, answer)
+        return answer["data"]["result"]
+
+    def values(self, expr: str, by: str) -> dict[str, float]:
+        return {r["metric"].get(by, ""): float(r["value"][1]) for r in self.query(expr)}
+
+    def value(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+
+@pytest.fixture(scope="module")
+def prometheus(ray_metrics_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("Prometheus is not installed (apt-get install prometheus)")
+    root = tmp_path_factory.mktemp("prometheus")
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+              "rule_files": [str(OBSERVABILITY / "alerts.yaml")],
+              "scrape_configs": [{"job_name": "ray",
+                                  "static_configs": [{"targets": [f"127.0.0.1:{ray_metrics_port}"]}]}]}
+    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    with (root / "prometheus.log").open("w") as log:
+        server = subprocess.Popen([binary, f"--config.file={root / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return server.poll() is not None  # died: the assert below says so
+
+        poll_until(ready, 60)
+        assert server.poll() is None, (root / "prometheus.log").read_text()[-2000:]
+        yield Prometheus(url)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    roles: dict[str, dict]  # the final record of each job of the known set, by its role
+    jobs: list[dict]  # every job the app ran (the test above's too)
+    ran_by: dict[str, str]  # job id -> the ingress replica (replica tag) that claimed it last
+
+
+def _gang_worker() -> Any:
+    """The (one) rank of the app's DiT gang: the worker actors are named after their Denoiser replica."""
+    import ray
+
+    names = ray.util.list_named_actors(all_namespaces=True)
+    (replica,) = [a["name"].rsplit("#", 1)[1] for a in names if "replicas#Denoiser#" in a["name"]]
+    (worker,) = [a for a in names if a["name"] == f"DiTWorker:{replica}:0"]
+    return ray.get_actor(worker["name"], namespace=worker["namespace"])
+
+
+@pytest.fixture(scope="module")
+def scenario(served_replicas: ServedReplicas) -> Scenario:
+    import psycopg
+    import ray
+
+    with VideoClient(served_replicas.url, timeout_s=SERVE_TIMEOUT_S) as client:
+        ids = {f"done {i}": client.submit(f"observed {i}", seed=i, **SMALL)["id"] for i in range(4)}
+        ids["failed"] = client.submit("observed #fail-decode", seed=10, **SMALL)["id"]
+        ids["cancelled"] = client.submit("observed, cancelled", seed=11, **LONG)["id"]
+        poll_until(lambda: client.get(ids["cancelled"])["current_step"] >= 1)  # on the gang
+        client.cancel(ids["cancelled"])
+        ids["re-run"] = client.submit("observed, re-run", seed=12, **LONG)["id"]
+        poll_until(lambda: client.get(ids["re-run"])["current_step"] >= 1)
+        ray.kill(_gang_worker())  # the gang is torn down and rebuilt; the job runs again
+        roles = {role: client.wait(job_id, timeout_s=SERVE_TIMEOUT_S, raise_on_failure=False)
+                 for role, job_id in ids.items()}
+        jobs = client.list(limit=100)["data"]
+    with psycopg.connect(served_replicas.database_url) as conn:
+        ran_by = {job_id: owner.split("#", 1)[1] for job_id, owner in
+                  conn.execute("SELECT id, lease_owner FROM jobs").fetchall()}
+    return Scenario(roles, jobs, ran_by)
+
+
+@pytest.mark.slow
+def test_prometheus_counts_each_job_once_whichever_replica_ran_it(scenario: Scenario, prometheus: Prometheus) -> None:
+    roles, jobs = scenario.roles, scenario.jobs
+    assert {role: job["status"] for role, job in roles.items()} == {
+        **{f"done {i}": "completed" for i in range(4)}, "failed": "failed", "cancelled": "cancelled",
+        "re-run": "completed"}
+    assert roles["failed"]["error"]["code"] == "stage_failed"
+    assert [a["error"]["code"] if a["error"] else None for a in roles["re-run"]["attempts"]] == ["worker_died", None]
+    assert len(set(scenario.ran_by.values())) == 2  # both ingress replicas ran jobs
+
+    app = 'application="replicas"'
+    finished = f"ray_skyreels_jobs_finished_total{{{app}}}"
+    statuses = Counter(job["status"] for job in jobs)
+    completed = statuses["completed"]
+    # the agent and Prometheus each take a second or so: wait for the counts, then hold them to every figure
+    poll_until(lambda: prometheus.values(f"sum by (status) ({finished})", "status") == statuses, 60)
+    assert prometheus.value(f"sum(ray_skyreels_jobs_submitted_total{{{app}}})") == len(jobs)
+    assert prometheus.values(f"sum by (model) (ray_skyreels_jobs_submitted_total{{{app}}})", "model") == Counter(
+        job["model"] for job in jobs)
+    assert prometheus.values(f"sum by (cause) (ray_skyreels_job_reruns_total{{{app}}})", "cause") == {
+        "worker_died": 1}
+    # each replica counted the jobs it ran: the same split as the store's record of who ran which
+    assert prometheus.values(f"sum by (replica) ({finished})", "replica") == Counter(scenario.ran_by.values())
+    # histogram counts: one per stage call that ran
+    stages = prometheus.values(f"sum by (stage) (ray_skyreels_stage_seconds_count{{{app}}})", "stage")
+    runs = sum(len(job["attempts"]) for job in jobs)  # every run got as far as its text
+    assert stages["text_encode"] == runs
+    assert stages.get("image_encode", 0) == sum(len(job["attempts"]) for job in jobs if job["model"] == I2V_ID)
+    assert stages["decode"] == stages["mux"] == completed  # the failed decode recorded nothing
+    assert stages["checkpoint"] == completed  # a run reports its checkpoint once it ends well
+    assert stages["denoise_step"] >= sum(job["num_inference_steps"] for job in jobs if job["status"] != "cancelled")
+    assert prometheus.value(f"sum(ray_skyreels_job_seconds_count{{{app}}})") == completed
+    assert poll_until(lambda: prometheus.value(f"sum(ray_skyreels_gang_rebuilds_total{{{app}}})"), 30) == 1
+    # the queue's gauges come from the store: both replicas report the same (empty) queue
+    assert prometheus.values(f"ray_skyreels_queue_jobs{{{app}}}", "replica") == dict.fromkeys(
+        set(scenario.ran_by.values()), 0.0)
+    assert prometheus.value(f"max(ray_skyreels_queue_oldest_wait_seconds{{{app}}})") == 0
+
+
+@pytest.mark.slow
+def test_dashboard_queries_and_alert_rules_run_on_the_real_series(scenario: Scenario, prometheus: Prometheus) -> None:
+    for name in RAY_SERIES:  # Serve's series that the dashboard and the rules read exist under these names
+        assert prometheus.query(f'count({name}{{application="replicas"}})'), name
+    dashboard = json.loads((OBSERVABILITY / "skyreels-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            prometheus.query(target["expr"].replace("$application", "replicas").replace("$__rate_interval", "1m"))
+    rules = poll_until(lambda: [rule for group in httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()[
+        "data"]["groups"] for rule in group["rules"] if rule.get("lastEvaluation", "0001").startswith("20")], 30)
+    assert {rule["name"]: rule["health"] for rule in rules} == {
+        "SkyReelsQueueWaitOverTarget": "ok", "SkyReelsJobFailureRate": "ok", "SkyReelsGangRebuilds": "ok",
+        "SkyReelsStageWithoutHealthyReplica": "ok"}
+
+
+@pytest.mark.slow
+def test_a_job_is_one_trace_across_the_processes_of_its_stages(scenario: Scenario,
+                                                               served_replicas: ServedReplicas) -> None:
+    job_id = scenario.roles["done 0"]["id"]
+    spans = [json.loads(line) for path in served_replicas.trace_dir.glob("spans-*.jsonl")
+             for line in path.read_text().splitlines()]
+    spans = [s for s in spans if s["attributes"].get("skyreels.job_id") == job_id]
+    (trace_id,) = {s["context"]["trace_id"] for s in spans}  # one trace
+    by_name = {s["name"]: s for s in spans}
+    assert set(by_name) == {"job", "text_encode", "TextEncoder.encode", "denoise", "Denoiser.denoise",
+                            "DiTWorker.Denoise", "decode", "Vae.decode_to_storage"}
+    assert by_name["DiTWorker.Denoise"]["attributes"]["rank"] == 0
+
+    def process(name: str) -> tuple[str, int]:
+        resource = by_name[name]["resource"]["attributes"]
+        return resource["skyreels.process"], resource["process.pid"]
+
+    def parent(span: dict) -> dict:
+        return next(s for s in spans if s["context"]["span_id"] == span["parent_id"])
+
+    processes = {name: process(name) for name in ("job", "TextEncoder.encode", "Denoiser.denoise",
+                                                  "DiTWorker.Denoise", "Vae.decode_to_storage")}
+    assert [kind for kind, _ in processes.values()] == ["VideoIngress", "TextEncoder", "Denoiser", "DiTWorker rank 0",
+                                                        "Vae"]
+    assert len({pid for _, pid in processes.values()}) == 5  # five processes
+    # each served span hangs under its caller's span, under the job's; the rank's under its gang's
+    for name, caller in (("TextEncoder.encode", "text_encode"), ("Denoiser.denoise", "denoise"),
+                         ("Vae.decode_to_storage", "decode")):
+        assert parent(by_name[name])["name"] == caller and parent(parent(by_name[name]))["name"] == "job"
+    assert parent(by_name["DiTWorker.Denoise"])["name"] == "Denoiser.denoise"
+    assert by_name["job"]["parent_id"] is None and trace_id
