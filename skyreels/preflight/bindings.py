@@ -88,8 +88,11 @@ def move(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # the fake mode computes small constants for real, which a CPU-only build cannot do on CUDA
         tensor = aten.clone(tensor)
         tensor.constant = None
-    return aten._to_copy(tensor, dtype=dtype or tensor.dtype, device=device or tensor.device,
-                         non_blocking=non_blocking, memory_format=memory_format)
+    # only what changes: a quantised weight (torchao) reads a dtype-less copy as a move, not a dequantisation
+    changes = {"dtype": None if same_dtype else dtype, "device": None if same_device else device,
+               "memory_format": memory_format}
+    return aten._to_copy(tensor, non_blocking=non_blocking,
+                         **{name: value for name, value in changes.items() if value is not None})
 
 
 def _as_tuple(key: Any) -> tuple:

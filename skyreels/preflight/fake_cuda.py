@@ -168,11 +168,14 @@ _swap_tensors = torch.utils.swap_tensors
 
 def _swap_forgetting_conversions(t1: torch.Tensor, t2: torch.Tensor) -> None:
     """Module.to swaps each fake parameter for its moved copy (torch.utils.swap_tensors), which refuses a tensor
-    that something holds a weak reference to; the fake mode's memo of converted tensors holds one to the new
-    nn.Parameter. Dropping that memo first (a cache: entries are remade when needed) lets the swap happen."""
+    that something holds a weak reference to; the fake mode's memos of converted tensors hold some (to the new
+    nn.Parameter, to a quantised weight). Dropping them first (caches: entries are remade when needed) lets the
+    swap happen."""
     fake_mode = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE)
     if fake_mode is not None:
-        fake_mode.fake_tensor_converter.meta_converter.tensor_memo.clear()
+        converter = fake_mode.fake_tensor_converter.meta_converter
+        converter.tensor_memo.clear()
+        converter.describer.lookup_tensor.clear()  # keyed by weak references to the tensors it described
     _swap_tensors(t1, t2)
 
 

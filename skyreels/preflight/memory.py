@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten
 
 GiB = 1024**3
@@ -75,8 +75,18 @@ class AllocationTracker(TorchDispatchMode):
         out = func(*args, **kwargs)
         for tensor in tree_flatten(out)[0]:
             if isinstance(tensor, torch.Tensor):
-                self._note(tensor, pinned)
+                self._note_all(tensor, pinned)
         return out
+
+    def _note_all(self, tensor: torch.Tensor, pinned: bool) -> None:
+        """A tensor subclass that wraps others (torchao's quantised weights) holds no storage of its own: its inner
+        tensors (int8/fp8 data, scales) are what it holds. They are made while this mode is off (inside the op
+        that returns the subclass), so they are found here."""
+        if is_traceable_wrapper_subclass(tensor):
+            for name in tensor.__tensor_flatten__()[0]:
+                self._note_all(getattr(tensor, name), pinned)
+        else:
+            self._note(tensor, pinned)
 
     def _note(self, tensor: torch.Tensor, pinned: bool) -> None:
         storage = tensor.untyped_storage()
