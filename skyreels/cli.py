@@ -176,10 +176,10 @@ def add_generation_flags(generate: argparse.ArgumentParser, overrides: dict[str,
         add_field_flag(speed, flag, optimize_fields[field])
 
 
-def request_from_flags(args: argparse.Namespace) -> GenerationRequest:
+def request_from_flags(args: argparse.Namespace, default_image: Any = None) -> GenerationRequest:
     return GenerationRequest(
         task=Task(args.task_type),
-        image=_load_image(args.image) if args.image else None,
+        image=_load_image(args.image) if args.image else default_image,
         loras=args.lora or [],
         **{name: getattr(args, name) for name in REQUEST_FLAGS},
     )
@@ -213,8 +213,12 @@ def run_preflight(args: argparse.Namespace) -> int:
     from skyreels.preflight.gpus import gpu_type
     from skyreels.preflight.run import PreflightFault
 
+    from PIL import Image
+
     gpu = gpu_type(args.gpu_type)
-    request = request_from_flags(args)
+    # I2V without --image: a blank first frame of the video's size (its pixels change nothing counted)
+    blank = Image.new("RGB", (args.width, args.height)) if args.task_type == Task.I2V.value else None
+    request = request_from_flags(args, default_image=blank)
     try:
         if args.config is not None:
             report = _config_preflight()(args.config, gpu, request)

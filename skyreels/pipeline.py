@@ -130,7 +130,9 @@ class LocalPipeline(VideoGenerator):
         return cls(
             task=task,
             text=loader.text(),
-            denoise=loader.denoiser(batch_cfg=not sequence_batch),
+            # model-level offload is for GPUs too small for the models: the CFG branches one after the other too
+            # (same video; batched, their activations alone take 7 GiB more at 544x960x97, past a 24 GB card)
+            denoise=loader.denoiser(batch_cfg=not (sequence_batch or optimize.offload)),
             vae=loader.vae(device="cpu" if optimize.offload else None),
             offload_to=device if optimize.offload else None,
         )

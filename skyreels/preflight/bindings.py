@@ -43,7 +43,7 @@ class FakeCudaBindings(TorchFunctionMode):
             if isinstance(args[0], FakeTensor) and isinstance(args[1], FakeTensor):
                 args[0].fake_device = args[1].fake_device
             return None
-        if func in SCALAR_READS and _is_cuda(args[0]):
+        if func in SCALAR_READS and isinstance(args[0], FakeTensor):
             return SCALAR_READS[func](aten._local_scalar_dense(args[0]))
         if func is torch.Tensor.contiguous and _is_cuda(args[0]):
             memory_format = args[1] if args[1:] else kwargs.get("memory_format", torch.contiguous_format)
