@@ -76,8 +76,10 @@ METRICS = (
                description="Jobs accepted into the queue."),
     MetricSpec(name="skyreels_jobs_rejected_total", kind=Kind.COUNTER, labels=("reason",),
                description="Submits refused for want of room (reason queue_full: answered 429)."),
-    MetricSpec(name="skyreels_jobs_finished_total", kind=Kind.COUNTER, labels=("model", "status", "priority"),
-               description="Jobs that ended, by final status (completed, failed, cancelled)."),
+    MetricSpec(name="skyreels_jobs_finished_total", kind=Kind.COUNTER,
+               labels=("model", "status", "priority", "cause"),
+               description="Jobs that ended, by final status (completed, failed, cancelled) and, for a failed job, "
+                           "its error code (stage_failed, deadline_exceeded, worker_died after the last attempt...)."),
     MetricSpec(name="skyreels_job_reruns_total", kind=Kind.COUNTER, labels=("cause",),
                description="Runs cut off by infrastructure and queued again, by cause (worker_died, stage_lost, "
                            "stage_timeout, interrupted, handed_back)."),

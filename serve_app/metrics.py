@@ -25,7 +25,9 @@ class JobMetrics:
 
     def finished(self, job: Job) -> None:
         """A job's final record."""
-        metrics.metric("skyreels_jobs_finished_total").inc(tags=_job_labels(job) | {"status": job.status.value})
+        cause = job.error.code.value if job.status is JobStatus.FAILED and job.error is not None else ""
+        metrics.metric("skyreels_jobs_finished_total").inc(
+            tags=_job_labels(job) | {"status": job.status.value, "cause": cause})
         if job.status is JobStatus.COMPLETED and job.started_at is not None and job.completed_at is not None:
             metrics.metric("skyreels_job_seconds").observe(job.completed_at - job.started_at,
                                                            tags={"model": job.model})

@@ -382,6 +382,8 @@ def test_prometheus_counts_each_job_once_whichever_replica_ran_it(scenario: Scen
         job["model"] for job in jobs)
     assert prometheus.values(f"sum by (cause) (ray_skyreels_job_reruns_total{{{app}}})", "cause") == {
         "worker_died": 1}
+    assert prometheus.values(f'sum by (cause) (ray_skyreels_jobs_finished_total{{{app}, status="failed"}})',
+                             "cause") == Counter(job["error"]["code"] for job in jobs if job["status"] == "failed")
     # each replica counted the jobs it ran: the same split as the store's record of who ran which
     assert prometheus.values(f"sum by (replica) ({finished})", "replica") == Counter(scenario.ran_by.values())
     # histogram counts: one per stage call that ran
