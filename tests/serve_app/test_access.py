@@ -20,13 +20,13 @@ from serve_app.limits import SubmitLimits, TooManyRequests
 from serve_app.requests import InvalidRequest, UploadLimits, read_image
 
 
-def gate_client(*keys: str, metrics_open: bool = False) -> TestClient:
+def gate_client(*keys: str) -> TestClient:
     async def whoami(request: Request) -> JSONResponse:
         logging.getLogger("serve_app.test").info("whoami")
         return JSONResponse({"owner": request.state.owner})
 
-    config = AccessConfig(api_keys=list(keys), metrics_open=metrics_open)
-    app = Starlette(routes=[Route(path, whoami) for path in ("/v1/videos", "/healthz", "/readyz", "/metrics", "/")])
+    config = AccessConfig(api_keys=list(keys))
+    app = Starlette(routes=[Route(path, whoami) for path in ("/v1/videos", "/healthz", "/readyz", "/")])
     app.add_middleware(RequestGate, access=lambda: (ApiKeys.load(config, {}), config))
     return TestClient(app)
 
@@ -58,13 +58,11 @@ def test_with_keys_a_request_needs_a_valid_key_except_health_and_the_page() -> N
         owner_a = client.get("/v1/videos", headers={"Authorization": "Bearer secret-a"}).json()["owner"]
         owner_b = client.get("/v1/videos", headers={"Authorization": "bearer secret-b"}).json()["owner"]
         assert owner_a.startswith("key_") and owner_a != owner_b
-        assert [client.get(path).status_code for path in ("/healthz", "/readyz", "/", "/metrics")] == [200, 200, 200, 401]
+        assert [client.get(path).status_code for path in ("/healthz", "/readyz", "/")] == [200, 200, 200]
         # the page's cookie works for reads only: no other site can make a browser submit with it
         client.cookies.set(KEY_COOKIE, "secret-a")
         assert client.get("/v1/videos").json()["owner"] == owner_a
         assert client.post("/v1/videos").status_code in (401, 405)
-    with gate_client("secret-a", metrics_open=True) as client:
-        assert client.get("/metrics").status_code == 200
 
 
 def test_request_id_is_echoed_when_sane_and_in_log_lines(caplog: pytest.LogCaptureFixture) -> None:
