@@ -98,6 +98,8 @@ def sections() -> list[tuple[str, list[Timeseries | Stat]]]:
             series("Failed share of finished jobs", "percentunit", query(
                 f'sum(rate({finished}{{{app}, status="failed"}}{RATE})) / sum(rate({finished}{{{app}}}{RATE}))',
                 "failed")),
+            series("Failed jobs by cause", "short", query(
+                f'sum by (cause) (increase({finished}{{{app}, status="failed"}}{RATE}))', "{{cause}}")),
             series("Re-runs by cause", "short", query(
                 f"sum by (cause) (increase(ray_skyreels_job_reruns_total{{{app}}}{RATE}))", "{{cause}}")),
             series("Webhook deliveries", "short", query(
