@@ -7,9 +7,10 @@ suit the local CPU run.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from ray import serve
 from ray.serve import Application
 
@@ -19,16 +20,30 @@ from deployments.text_encoder import MAX_BATCH_SIZE, TextEncoder
 from deployments.vae import Vae
 from serve_app.auth import AccessConfig
 from serve_app.ingress import VideoIngress
+from serve_app.preflight import refuse_if_too_big
 from serve_app.priorities import Priority
 from serve_app.requests import UploadLimits
 from serve_app.retention import RetentionConfig
 from serve_app.runner import JobPolicy
 from serve_app.webhooks import WebhookConfig
 from skyreels.lora import unsupported_with
+from skyreels.preflight.gpus import gpu_type
+from skyreels.request import GenerationRequest
+
+logger = logging.getLogger(__name__)
 
 
 class AppConfig(StageConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpu_type: str | None = Field(
+        None, description="The GPUs the app runs on (skyreels preflight's names: H100-80GB, L4-24GB, ...). When "
+        "set, build_app plays the layout on fake CUDA first (skyreels.preflight, about a minute) and refuses a "
+        "config whose stages cannot fit their GPUs, with the figures, before anything loads.")
+    @field_validator("gpu_type")
+    @classmethod
+    def _known_gpu_type(cls, name: str | None) -> str | None:
+        return name if name is None else gpu_type(name).name
 
     gpus_per_replica: Literal[1, 2, 3, 4, 6, 8] = Field(
         1, description="DiT gang size: GPU worker actors per Denoiser replica (CFG 2 x Ulysses N/2 when even).")
@@ -134,6 +149,9 @@ class AppConfig(StageConfig):
 
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
+    if config.gpu_type is not None and config.device == "cuda":
+        report = refuse_if_too_big(config, gpu_type(config.gpu_type), GenerationRequest(prompt="preflight"))
+        logger.info("preflight: %s", report.verdict())
     stage_config = StageConfig(**config.model_dump(include=set(StageConfig.model_fields)))
     reserve_gpus = config.device == "cuda" if config.reserve_gpus is None else config.reserve_gpus
     text = serve.deployment(TextEncoder, name="TextEncoder", ray_actor_options={"num_cpus": 0.25},
