@@ -35,7 +35,7 @@ from skyreels.artifacts import ArtifactStore, LatentCheckpoint, StoredVideo, sto
 from skyreels.gang.commands import Command, Decode, Denoise, ranks_for
 from skyreels.gang.rank import GangRank, RankSpec
 from skyreels.parallel.group import free_port
-from skyreels.progress import StepProgress, StepState
+from skyreels.progress import StepProgress
 from skyreels.recipe import Denoised
 from skyreels.request import Task
 from skyreels.stages.conditioning import Conditioning, ImageCondition
@@ -60,6 +60,7 @@ class DiTWorker:
     def __init__(self, spec: RankSpec, rank: int, tracing: TracingConfig | None = None) -> None:
         setup_tracing(tracing or TracingConfig(), f"DiTWorker rank {rank}")
         self.stop = threading.Event()
+        self.busy = threading.Lock()  # held while a command runs
         self.rank = GangRank(spec, rank, cuda_index=0, stop=self.stop)
 
     def rendezvous(self) -> tuple[str, int]:
@@ -74,9 +75,14 @@ class DiTWorker:
     def cancel(self) -> None:
         self.stop.set()
 
+    def idle(self) -> None:
+        """Returns once no command runs (a stopped one has saved its step)."""
+        with self.busy:
+            pass
+
     def run(self, command: Command, trace: Carrier | None = None) -> Iterator[Any]:
         self.stop.clear()
-        with served_span(f"DiTWorker.{type(command).__name__}", trace, rank=self.rank.rank):
+        with self.busy, served_span(f"DiTWorker.{type(command).__name__}", trace, rank=self.rank.rank):
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             yield from self.rank.run(command)
@@ -180,12 +186,13 @@ class Denoiser:
                    trace: Carrier | None = None) -> AsyncIterator[Any]:
         """Rank 0's answer to `command`, sent to the ranks it declares; one command at a time. A Denoise goes on
         from the step `checkpoint` holds (read once the gang is this command's: a run paused on this gang has
-        saved its step by then); cancelled, the ranks stop together and the step they stopped at goes there."""
+        saved its step by then); cancelled, the ranks stop together and the main rank saves the step they stopped
+        at there, before the gang takes the next command."""
         async with self._lock:
             if self._dead:
                 raise GangUnavailable(self._dead)
             if checkpoint is not None and isinstance(command, Denoise):
-                command = replace(command, resume=await asyncio.to_thread(checkpoint.load_steps))
+                command = replace(command, resume=await asyncio.to_thread(checkpoint.load_steps), checkpoint=checkpoint)
             workers = [self.workers[rank] for rank in ranks_for(command, len(self.workers))]
             streams = [worker.run.options(num_returns="streaming").remote(command, trace) for worker in workers]
             others = asyncio.gather(*(self._drain(stream) for stream in streams[1:]))
@@ -197,7 +204,9 @@ class Denoiser:
                 # stop at the next step, and keep the gang until every rank has stopped
                 for worker in workers:
                     worker.cancel.remote()
-                await asyncio.shield(asyncio.gather(self._paused(streams[0], checkpoint), others,
+                # a cancelled request's streams may end before their tasks do: wait for the ranks themselves
+                await asyncio.shield(asyncio.gather(self._drain(streams[0]), others,
+                                                    *(worker.idle.remote() for worker in workers),
                                                     return_exceptions=True))
                 raise
             except Exception as error:
@@ -235,14 +244,6 @@ class Denoiser:
 
         answers = await asyncio.gather(*(alive(worker) for worker in self.workers))
         return [rank for rank, ok in enumerate(answers) if not ok]
-
-    @staticmethod
-    async def _paused(stream, checkpoint: LatentCheckpoint | None) -> None:
-        """The rest of rank 0's answer to a stopped command; the step it stopped at, if any, is checkpointed."""
-        async for ref in stream:
-            item = await ref
-            if isinstance(item, StepState) and checkpoint is not None:
-                await asyncio.to_thread(checkpoint.save_steps, item)
 
     @staticmethod
     async def _drain(stream) -> None:

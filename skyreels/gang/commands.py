@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from skyreels.progress import StepState
+from skyreels.recipe import Checkpoint
 from skyreels.request import Task
 from skyreels.stages.conditioning import Conditioning, ImageCondition
 from skyreels.stages.denoise import DenoiseParams
@@ -46,8 +47,8 @@ class EncodeImage:
 
 @dataclass(frozen=True)
 class Denoise:
-    """-> StepProgress after every step, then Denoised; stopped between two steps, StepState instead (the main
-    rank's latents, for the driver to checkpoint). The mesh splits the CFG branches and the video tokens."""
+    """-> StepProgress after every step, then Denoised; stopped between two steps, the main rank saves the step and
+    its latents to `checkpoint` (once, for the whole gang). The mesh splits the CFG branches and the video tokens."""
 
     runs_on: ClassVar[RunsOn] = RunsOn.EVERY_RANK
     task: Task
@@ -55,6 +56,7 @@ class Denoise:
     params: DenoiseParams
     image: ImageCondition | None
     resume: StepState | None = None  # go on from this paused step
+    checkpoint: Checkpoint | None = None  # where a stopped run's step goes
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from skyreels.gang.process import rank_process
 from skyreels.gang.rank import RankSpec
 from skyreels.gang.rank_loop import DEATH_POLL_S, Answered, Failed, Ready
 from skyreels.parallel.group import free_port
-from skyreels.progress import StepProgress, StepState
+from skyreels.progress import StepProgress
 from skyreels.recipe import Checkpoint, Denoised
 from skyreels.request import GenerationRequest, Task
 from skyreels.stages.conditioning import Conditioning, ImageCondition
@@ -125,18 +125,17 @@ class LocalGangStages:
                       image: ImageCondition | None, checkpoint: Checkpoint | None = None
                       ) -> AsyncIterator[StepProgress | Denoised]:
         resume = checkpoint.load_steps() if checkpoint is not None else None
-        answers = self.gang.run(Denoise(task, conditioning, params, image, resume))
+        answers = self.gang.run(Denoise(task, conditioning, params, image, resume, checkpoint))
         finished = False
         try:
             for event in answers:
                 yield event
             finished = True
         finally:
-            if not finished:  # closed early (cancelled): the ranks stop after the step in flight
+            if not finished:  # closed early (cancelled): the ranks stop after the step in flight (and checkpoint it)
                 self.gang.stop_steps()
-                for item in answers:  # the rest of their answer, so that the next command starts clean
-                    if isinstance(item, StepState) and checkpoint is not None:
-                        checkpoint.save_steps(item)
+                for _ in answers:  # the rest of their answer, so that the next command starts clean
+                    pass
 
     async def decode(self, latents: torch.Tensor, request: GenerationRequest) -> np.ndarray:
         return self._one(Decode(latents))

@@ -120,8 +120,8 @@ class GangRank:
 
     def _denoise(self, command: Denoise) -> Iterator[Any]:
         """Every rank runs the steps; after each one the ranks agree whether any was asked to stop, so that
-        they stop together and none is left waiting in a collective; the main rank then answers the step and
-        latents it stopped at (StepState). The driver clears the stop flag.
+        they stop together and none is left waiting in a collective; the main rank then saves the step and latents
+        it stopped at to the command's checkpoint. The driver clears the stop flag.
 
         Every rank swaps to the task's weights and loads the request's LoRA adapters first (all run every Denoise,
         so they do it together)."""
@@ -142,8 +142,8 @@ class GangRank:
                 yield replace(progress, seconds=time.perf_counter() - clock)
             clock = time.perf_counter()  # the next step's time starts here, not while the consumer held the answer
             if progress.step < progress.total and any_rank(self.stop.is_set(), stage.device):
-                if self.is_main:  # paused: the driver checkpoints where the steps stopped
-                    yield StepState(progress.step, latents.cpu())
+                if self.is_main and command.checkpoint is not None:  # paused: where the steps stopped, once
+                    command.checkpoint.save_steps(StepState(progress.step, latents.cpu()))
                 return
         if self.is_main:
             figures = DenoiseFigures(swap_s=swap_s, lora_s=lora_s, adapter_hits=hits, adapter_loads=misses,
