@@ -44,7 +44,7 @@ from serve_app.retention import RetentionConfig, sweep_forever
 from serve_app.runner import JobPolicy, JobRunner, QueueFull
 from serve_app.schemas import Job, JobStatus, VideoCreateParams, WebhookDelivery
 from serve_app.service import MEDIA_TYPES, Variant, VideoService
-from serve_app.store import JobStore, open_store
+from serve_app.store import JobStore, StoreUnavailable, open_store
 from serve_app.webhooks import WebhookConfig, WebhookSender
 from skyreels.artifacts import ArtifactStore
 from skyreels.models import ServedModel
@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
 SSE_KEEPALIVE_S = 15.0
 READY_PROBE_S = 2.0
+STORE_RETRY_AFTER_S = 5  # a database restart takes seconds
 
 class JobIdConvertor(Convertor):
     """A path segment that can be a job id: /v1/videos/extensions is another route, not a job."""
@@ -139,6 +140,14 @@ async def _on_unexpected_error(request: Request, error: Exception) -> JSONRespon
 @app.exception_handler(QueueFull)
 async def _on_queue_full(_: Request, error: QueueFull) -> JSONResponse:
     return error_response(429, "queue_full", str(error), headers={"Retry-After": str(error.retry_after_s)})
+
+
+@app.exception_handler(StoreUnavailable)
+async def _on_store_unavailable(_: Request, error: StoreUnavailable) -> JSONResponse:
+    logger.warning("%s", error)
+    return error_response(503, "store_unavailable", "the job store cannot be reached or written now; nothing was "
+                          "changed, retry after the Retry-After header's seconds",
+                          headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
 
 
 @app.exception_handler(RequestValidationError)
@@ -310,7 +319,7 @@ class VideoIngress:
         return _json(await self.service.loras())
 
     @app.post("/v1/videos", status_code=202, operation_id="createVideo", response_model=Video,
-              openapi_extra=SUBMIT_BODY, responses=errors(400, 401, 403, 409, 413, 415, 422, 429))
+              openapi_extra=SUBMIT_BODY, responses=errors(400, 401, 403, 409, 413, 415, 422, 429, 503))
     async def http_create(self, request: Request, owner: Owner) -> JSONResponse:
         fields, typed = await read_fields(request)
 
@@ -323,7 +332,7 @@ class VideoIngress:
 
         return await self._once(request, owner, fields, submit)
 
-    @app.get("/v1/videos", operation_id="listVideos", response_model=VideoList, responses=errors(401, 404, 422))
+    @app.get("/v1/videos", operation_id="listVideos", response_model=VideoList, responses=errors(401, 404, 422, 503))
     async def http_list(self, owner: Owner, limit: int = Query(20, ge=1, le=100),
                         after: str | None = Query(None, pattern=f"^{JobIdConvertor.regex}$",
                                                   description="last_id of the previous page"),
@@ -331,7 +340,7 @@ class VideoIngress:
         return _json(self.service.list(limit=limit, after=after, owner=owner))
 
     @app.post("/v1/videos/extensions", status_code=202, operation_id="extendVideo", response_model=Video,
-              openapi_extra=EXTEND_BODY, responses=errors(400, 401, 404, 409, 413, 415, 422, 429))
+              openapi_extra=EXTEND_BODY, responses=errors(400, 401, 404, 409, 413, 415, 422, 429, 503))
     async def http_extend(self, request: Request, owner: Owner) -> JSONResponse:
         """Extends a completed job's video (`video: {"id"}`), or an uploaded mp4 or webm (a `video` file)."""
         fields, typed = await read_fields(request)
@@ -347,35 +356,35 @@ class VideoIngress:
         return await self._once(request, owner, fields, extend)
 
     @app.get("/v1/videos/{video_id:job_id}", operation_id="getVideo", response_model=Video,
-             responses=errors(401, 404, 422))
+             responses=errors(401, 404, 422, 503))
     async def http_get(self, video_id: VideoId, owner: Owner) -> JSONResponse:
         return _json(self.service.view(self.service.job(video_id, owner)))
 
     @app.get("/v1/videos/{video_id:job_id}/content", operation_id="downloadVideoContent", response_class=Response,
-             responses={200: CONTENT, **errors(401, 404, 409, 422)})
+             responses={200: CONTENT, **errors(401, 404, 409, 422, 503)})
     async def http_content(self, video_id: VideoId, owner: Owner, variant: Variant = "video") -> Response:
         return Response(await self.service.content(video_id, variant, owner), media_type=MEDIA_TYPES[variant])
 
     @app.post("/v1/videos/{video_id:job_id}/cancel", operation_id="cancelVideo", response_model=Video,
-              responses=errors(401, 404, 409, 422))
+              responses=errors(401, 404, 409, 422, 503))
     async def http_cancel(self, video_id: VideoId, owner: Owner) -> JSONResponse:
         return _json(await self.service.cancel(video_id, owner))
 
     @app.post("/v1/videos/{video_id:job_id}/remix", status_code=202, operation_id="remixVideo", response_model=Video,
-              openapi_extra=IDEMPOTENT, responses=errors(400, 401, 404, 409, 422, 429))
+              openapi_extra=IDEMPOTENT, responses=errors(400, 401, 404, 409, 422, 429, 503))
     async def http_remix(self, video_id: VideoId, remix: RemixParams, request: Request, owner: Owner) -> JSONResponse:
         return await self._once(request, owner, {"video_id": video_id, **remix.model_dump()},
                                 lambda: self.service.remix(video_id, remix, owner))
 
     @app.delete("/v1/videos/{video_id:job_id}", operation_id="deleteVideo", response_model=VideoDeleted,
-                responses=errors(401, 404, 422))
+                responses=errors(401, 404, 422, 503))
     async def http_delete(self, video_id: VideoId, owner: Owner) -> JSONResponse:
         return _json(await self.service.delete(video_id, owner))
 
     @app.get("/v1/videos/{video_id:job_id}/events", operation_id="followVideo", response_class=StreamingResponse,
              responses={200: {"description": "Server-sent events: `data: <the job as JSON>` after every change, "
                                              "until it ends.", "content": {"text/event-stream": {}}},
-                        **errors(401, 404, 422)})
+                        **errors(401, 404, 422, 503)})
     async def http_events(self, video_id: VideoId, owner: Owner) -> StreamingResponse:
         self.service.job(video_id, owner)
         return StreamingResponse(self._event_stream(video_id), media_type="text/event-stream",

@@ -27,6 +27,8 @@ ERROR_MEANINGS = {
          "accepted, a webhook_url this server does not call, an Idempotency-Key reused with another request.",
     429: "The queue is full, or this API key is at its limit of jobs in flight or submits per minute; retry after "
          "the Retry-After header's seconds.",
+    503: "The job store cannot be reached or written now (its database restarting, a full or read-only disk); "
+         "nothing was changed: retry after the Retry-After header's seconds.",
 }
 CONTENT = {
     "description": "The video (mp4) or its thumbnail (JPEG), by `variant`.",
@@ -47,8 +49,8 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` entries: each status with its meaning and the error shape."""
     responses: dict[int | str, dict[str, Any]] = {
         status: {"model": ErrorResponse, "description": ERROR_MEANINGS[status]} for status in statuses}
-    if 429 in statuses:
-        responses[429]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}}
+    for status in {429, 503} & set(statuses):
+        responses[status]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}}
     return responses
 
 

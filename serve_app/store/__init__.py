@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve_app.store.base import Claim, JobChanged, JobStore, Leases, QueuePlace, Taken
+from serve_app.store.base import Claim, JobChanged, JobStore, Leases, QueuePlace, StoreUnavailable, Taken
 from serve_app.store.sqlite import SqliteJobStore
 
 __all__ = ["Claim", "JobChanged", "JobStore", "Leases", "QueuePlace", "SqliteJobStore", "Taken", "open_store"]

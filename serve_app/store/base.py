@@ -79,6 +79,11 @@ QUEUE = (f"SELECT id, {RERUN_KEY} AS rerun, priority, COALESCE(served, 0) + COAL
 QUEUE_ORDER = "rerun, priority, share, grouped, created_at, id"
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be reached or written now (a server restarting, a read-only or full disk); the same
+    call may succeed once it is back. Nothing was written."""
+
+
 class JobChanged(Exception):
     """A guarded write found the job not as the writer expected (claimed, ended, taken over, or deleted)."""
 

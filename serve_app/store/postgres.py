@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from serve_app.store.base import COLUMNS, JobStore, Session
+from serve_app.store.base import COLUMNS, JobStore, Session, StoreUnavailable
 
 if TYPE_CHECKING:
     import psycopg
@@ -49,24 +49,34 @@ class PostgresJobStore(JobStore):
 
     def close(self) -> None:
         self._closed.set()
-        while not self._idle.empty():
-            self._idle.get_nowait().close()
+        self._close_idle()
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
         if self._closed.is_set():
             raise RuntimeError("the job store is closed")
+        import psycopg
+
         try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            conn = self._connect()
-        try:
-            yield conn
-        finally:
-            if conn.broken or conn.closed or self._closed.is_set():
-                conn.close()
-            else:
-                self._idle.put(conn)
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+            try:
+                yield conn
+            finally:
+                if conn.broken or conn.closed or self._closed.is_set():
+                    conn.close()
+                    if conn.broken:  # the server restarted: the idle connections are as dead as this one
+                        self._close_idle()
+                else:
+                    self._idle.put(conn)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+            raise StoreUnavailable(f"the job store's PostgreSQL cannot be reached now ({error})") from error
+
+    def _close_idle(self) -> None:
+        while not self._idle.empty():
+            self._idle.get_nowait().close()
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:

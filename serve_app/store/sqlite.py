@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from serve_app.store.base import COLUMNS, JobStore, Session
+from serve_app.store.base import COLUMNS, JobStore, Session, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,20 @@ BACKFILL = {"owner": "json_extract(data, '$.owner')", "model": "json_extract(dat
             "charge": "COALESCE(json_extract(data, '$.estimated_gpu_s') / json_extract(data, '$.share_weight'), 0)",
             "priority": "CASE json_extract(data, '$.priority') WHEN 'interactive' THEN 0 ELSE 1 END",
             "cost": "COALESCE(json_extract(data, '$.estimated_gpu_s'), 0)"}
+
+
+# What SQLite says when the disk, not the statement, is at fault: the transaction was rolled back.
+UNAVAILABLE = ("readonly", "disk is full", "disk i/o error", "unable to open", "database is locked")
+
+
+@contextmanager
+def _unavailable_as_such() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        if any(cause in str(error).lower() for cause in UNAVAILABLE):
+            raise StoreUnavailable(f"the job store cannot be written now ({error})") from error
+        raise
 
 
 class SqliteJobStore(JobStore):
@@ -48,12 +62,12 @@ class SqliteJobStore(JobStore):
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:
-        with self._lock:
+        with self._lock, _unavailable_as_such():
             yield Session(self._conn)
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
-        with self._lock:
+        with self._lock, _unavailable_as_such():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield Session(self._conn)

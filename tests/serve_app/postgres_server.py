@@ -33,6 +33,26 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
+    def start(self) -> None:
+        root = self.data_dir.parent
+        options = f"-h 127.0.0.1 -p {self.port} -k {root} -F -c max_connections=200"
+        subprocess.run(_as_postgres([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l",
+                                     str(root / "server.log"), "-w", "-t", str(START_TIMEOUT_S), "start"]),
+                       check=True, capture_output=True, timeout=START_TIMEOUT_S + 30)
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run(_as_postgres([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w",
+                                     "stop"]), capture_output=True, timeout=60)
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        """The server down for the block (a fast shutdown, as a restart makes), then up again on its port."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
     def new_database(self) -> str:
         """A fresh, empty database's URL."""
         import psycopg
@@ -61,12 +81,8 @@ def running_server(bin_dir: Path, root: Path) -> Iterator[PostgresServer]:
     subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres",
                                  "--auth=trust", "--no-sync"]), check=True, capture_output=True, timeout=120)
     server = PostgresServer(bin_dir, data_dir, free_port())
-    options = f"-h 127.0.0.1 -p {server.port} -k {root} -F -c max_connections=200"
-    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l",
-                                 str(root / "server.log"), "-w", "-t", str(START_TIMEOUT_S), "start"]),
-                   check=True, capture_output=True, timeout=START_TIMEOUT_S + 30)
+    server.start()
     try:
         yield server
     finally:
-        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "-w",
-                                     "stop"]), capture_output=True, timeout=60)
+        server.stop("immediate")
