@@ -17,7 +17,7 @@ import yaml
 
 from skyreels.preflight.budget import GpuPlan, PreflightReport, Tenant
 from skyreels.preflight.gpus import GpuType
-from skyreels.preflight.run import ProcessPlan, Role, play, with_image
+from skyreels.preflight.run import ProcessPlan, Role, play
 from skyreels.request import GenerationRequest
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ def app_preflight(config: AppConfig, gpu: GpuType, request: GenerationRequest,
                   stage_gpus: dict[str, Any] | None = None) -> PreflightReport:
     """What one node of `config`'s layout holds on GPUs of type `gpu`, serving `request`'s shape."""
     stage_gpus = stage_gpus or {}
-    request = with_image(request)
     common = dict(task=request.task, request=request, optimize=config.optimize, dtype=config.torch_dtype)
     world = config.gpus_per_replica
 

@@ -132,8 +132,8 @@ def _basic(tensor: torch.Tensor, key: Any) -> tuple[torch.Tensor, list[torch.Ten
             advanced.append(None)
             dim += 1
         elif _is_advanced(item):
-            index_tensor = torch.as_tensor(item, device=view.device) if isinstance(item, list) else item
-            advanced.append(index_tensor.to(view.device))
+            index_tensor = move(torch.as_tensor(item) if isinstance(item, list) else item, view.device)
+            advanced.append(index_tensor)
             dim += index_tensor.dim() if index_tensor.dtype == torch.bool else 1
         else:
             raise TypeError(f"unsupported index {item!r}")

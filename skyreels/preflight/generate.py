@@ -5,7 +5,7 @@ from __future__ import annotations
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.preflight.budget import GpuPlan, PreflightReport, Tenant
 from skyreels.preflight.gpus import GpuType
-from skyreels.preflight.run import ProcessPlan, Role, play, with_image
+from skyreels.preflight.run import ProcessPlan, Role, play
 from skyreels.request import GenerationRequest
 
 
@@ -14,7 +14,6 @@ def preflight_generate(request: GenerationRequest, gpu: GpuType, optimize: Optim
     """What `skyreels generate` with these flags holds on `gpu_num` GPUs of type `gpu` (PreflightFault where CUDA
     would raise). With gpu_num > 1, rank 0 (text encoders, its share of the DiT and the VAE decode) and rank 1
     (the same without the text encoders, as every other rank) are played."""
-    request = with_image(request)
     optimize = optimize or OptimizeConfig()
 
     def plan(rank: int) -> ProcessPlan:

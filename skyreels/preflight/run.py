@@ -16,7 +16,6 @@ from enum import Enum
 from typing import Any
 
 import torch
-from PIL import Image
 
 from skyreels.gang.commands import Command, Decode
 from skyreels.gang.local import LocalGangStages
@@ -192,11 +191,3 @@ class _InProcessGang:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else repr(error)
-
-
-def with_image(request: GenerationRequest) -> GenerationRequest:
-    """An I2V request needs a first frame; the preflight's is blank at the request's size."""
-    if request.task is Task.I2V and request.image is None:
-        return request.model_copy(update={"image": Image.new("RGB", (request.width, request.height))})
-    return request
-
