@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from part_runner import PartResult
 from tables import threshold_table, variant_table
@@ -11,6 +13,7 @@ from tables import threshold_table, variant_table
 DIT_PARTS = {"dit_diffusers": "diffusers", "dit_lossless": "lossless",
              "dit_fp8_dynamic": "fp8-dynamic", "memory_offload": "offload"}
 LOSSLESS_PARTS = ("dit_lossless",)
+PREDICTIONS = Path(__file__).with_name("preflight_predictions.json")  # made by preflight_predictions.py
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ def markdown(report: dict) -> str:
                   f"{first['flops_per_forward']:.3e} FLOPs per forward ({first['prompt_tokens']} prompt tokens); bf16 "
                   f"matmul floor {first['matmul_floor_seconds_per_video']:.0f} s per video at 790 TFLOP/s. Each "
                   "variant: one warm-up step, then the timed steps.", "", *variant_table(dit_rows)]
+    lines += calibration(ok)
     if "step_cache" in ok:
         cache = ok["step_cache"]
         lines += ["", f"## Step cache, short run: {cache['workload']}", "",
@@ -139,6 +143,20 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {part.status} | {part.wall_seconds:.1f} | {report['expected_seconds'][name]:.0f} "
                      f"| {note} |")
     return "\n".join(lines) + "\n"
+
+
+def calibration(ok: dict[str, dict]) -> list[str]:
+    """The preflight's predicted peak (preflight_predictions.json, made on the CPU) next to each DiT part's
+    measured one; the goal is within 10%."""
+    predictions = json.loads(PREDICTIONS.read_text())
+    rows = [(part, predictions[part]["predicted_peak_allocated_gb"], ok[part]["peak_memory_gb"])
+            for part in predictions if part in ok and ok[part].get("peak_memory_gb") is not None]
+    if not rows:
+        return []
+    return ["", "## Preflight calibration (torch.cuda.max_memory_allocated, GiB)", "",
+            "| part | predicted | measured | error | within 10% |", "| --- | --- | --- | --- | --- |",
+            *[f"| {part} | {predicted:.1f} | {measured:.1f} | {(predicted - measured) / measured:+.1%} | "
+              f"{_verdict(abs(predicted - measured) <= 0.1 * measured)} |" for part, predicted, measured in rows]]
 
 
 def _verdict(met: bool | None) -> str:

@@ -34,6 +34,7 @@ from skyreels.preflight.memory import AllocationTracker
 
 logger = logging.getLogger(__name__)
 
+FAKE_CUDA_VERSION = "12.8"
 PROMPT_TOKENS_READ = 256  # MAX_PROMPT_TOKENS: a prompt that fills the LLaMA window
 
 
@@ -186,6 +187,7 @@ def fake_cuda(gpu: GpuType, device_count: int = 1) -> Iterator[FakeCudaState]:
     with ExitStack() as stack:
         for name, value in _cuda_patches(state).items():
             stack.enter_context(mock.patch.object(torch.cuda, name, value, create=True))
+        stack.enter_context(mock.patch.object(torch.version, "cuda", FAKE_CUDA_VERSION))  # libraries' CUDA checks
         stack.enter_context(mock.patch.object(FakeTensor, "numpy", _zeros_like_numpy))
         stack.enter_context(mock.patch.object(torch.utils, "swap_tensors", _swap_forgetting_conversions))
         stack.enter_context(torch.no_grad())  # autograd on fake CUDA tensors aborts a CPU-only build; nothing trains
