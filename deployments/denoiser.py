@@ -186,18 +186,23 @@ class Denoiser:
                    trace: Carrier | None = None) -> AsyncIterator[Any]:
         """Rank 0's answer to `command`, sent to the ranks it declares; one command at a time. A Denoise goes on
         from the step `checkpoint` holds (read once the gang is this command's: a run paused on this gang has
-        saved its step by then); cancelled, the ranks stop together and the main rank saves the step they stopped
-        at there, before the gang takes the next command."""
+        saved its step by then); cancelled, or asked through the checkpoint (request_stop: the job's runner let go
+        of it), the ranks stop together after a step and the main rank saves it there, before the gang takes the
+        next command."""
         async with self._lock:
             if self._dead:
                 raise GangUnavailable(self._dead)
             if checkpoint is not None and isinstance(command, Denoise):
+                await asyncio.to_thread(checkpoint.clear_stop)
                 command = replace(command, resume=await asyncio.to_thread(checkpoint.load_steps), checkpoint=checkpoint)
             workers = [self.workers[rank] for rank in ranks_for(command, len(self.workers))]
             streams = [worker.run.options(num_returns="streaming").remote(command, trace) for worker in workers]
             others = asyncio.gather(*(self._drain(stream) for stream in streams[1:]))
             try:
                 async for item in self._watched(streams[0], command):
+                    if checkpoint is not None and await asyncio.to_thread(checkpoint.stop_requested):
+                        for worker in workers:  # the job's runner let go of it: stop (and save) after this step
+                            worker.cancel.remote()
                     yield item
                 await others
             except (asyncio.CancelledError, GeneratorExit):

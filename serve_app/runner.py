@@ -337,6 +337,8 @@ class JobRunner:
                             **held)
         except asyncio.CancelledError:
             reason = self._stop_reasons.pop(job_id, None)
+            if reason is not LOST:  # its gang runs on, unwatched, until it reads this between two steps
+                await asyncio.to_thread(checkpoint.request_stop)
             if reason is None:
                 await self._end(job_id, JobStatus.CANCELLED, metrics=metrics, **held)
             elif reason.code is ErrorCode.HANDED_BACK:

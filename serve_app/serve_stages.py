@@ -48,8 +48,8 @@ class ServeStages:
     async def denoise(self, task: Task, conditioning: Any, params: Any, image: Any, checkpoint: Any = None
                       ) -> AsyncIterator[StepProgress | Denoised]:
         """The gang's stream; waits for the job's turn, and out a gang that is being replaced (nothing ran on it
-        yet). `checkpoint` travels to the gang: it resumes from the step held there, and saves the step it is
-        stopped at."""
+        yet). `checkpoint` travels to the gang: it resumes from the step held there, and stops and saves its step
+        when the runner asks there (LatentCheckpoint.request_stop)."""
         if self.gang_turn is not None:
             await self.gang_turn()
         for attempt in range(GANG_RETRIES + 1):
@@ -57,15 +57,8 @@ class ServeStages:
                 # routed to a gang that holds the task's model, when one is free (Serve's model multiplexing)
                 gang = self.denoiser.options(multiplexed_model_id=SERVED_MODEL_IDS[task])
                 with call_span("denoise") as trace:
-                    stream = gang.denoise.remote(task, conditioning, params, image, checkpoint, trace=trace)
-                    ended = False
-                    try:
-                        async for event in stream:
-                            yield event
-                        ended = True
-                    finally:
-                        if not ended:  # closed early (paused, cancelled): Serve stops the gang's run now
-                            stream.cancel()
+                    async for event in gang.denoise.remote(task, conditioning, params, image, checkpoint, trace=trace):
+                        yield event
                 return
             except GangUnavailable:
                 if attempt == GANG_RETRIES:

@@ -31,6 +31,7 @@ THUMBNAIL = "thumbnail.jpg"
 INPUT_IMAGE = "input.png"
 LATENTS = "latents.safetensors"  # the checkpoint between the DiT and the decode
 STEPS = "steps.safetensors"  # the checkpoint of a denoising paused between two steps (preempted)
+STOP = "stop"  # the job's runner let go of its denoising run (paused, cancelled): its gang stops after a step
 
 # One path segment: starts with a letter or digit, no separators, no "..", bounded length.
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -154,6 +155,17 @@ class LatentCheckpoint:
     def save_steps(self, state: StepState) -> None:
         self.artifacts.put(self.job_id, STEPS, save_tensors({"latents": state.latents.contiguous(),
                                                              "step": torch.tensor(state.step)}))
+
+    def request_stop(self) -> None:
+        """Asks the gang that runs the job's steps, unwatched, to stop after the step in flight (Serve does not
+        stop a replica's stream when its caller stops reading it)."""
+        self.artifacts.put(self.job_id, STOP, b"")
+
+    def stop_requested(self) -> bool:
+        return self.artifacts.exists(self.job_id, STOP)
+
+    def clear_stop(self) -> None:
+        self.artifacts.remove(self.job_id, STOP)
 
     def discard(self) -> None:
         self.artifacts.remove(self.job_id, LATENTS)

@@ -4,7 +4,6 @@ for the test as told; and helpers to submit and follow jobs."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 
@@ -22,29 +21,12 @@ from skyreels.request import Task
 SERVED = [ServedModel(SERVED_MODEL_IDS[Task.T2V], Task.T2V, "tiny")]
 
 
-class Stream:
-    """Stands in for a DeploymentResponseGenerator: iterated, or cancelled (the stage's generator is closed)."""
-
-    def __init__(self, stream: AsyncIterator) -> None:
-        self.stream = stream
-
-    def __aiter__(self) -> Stream:
-        return self
-
-    async def __anext__(self):
-        return await anext(self.stream)
-
-    def cancel(self) -> None:
-        asyncio.get_running_loop().create_task(self.stream.aclose())
-
-
 class Method:
     def __init__(self, function: Callable) -> None:
         self.function = function
 
     def remote(self, *args, **kwargs):
-        result = self.function(*args, **kwargs)
-        return Stream(result) if inspect.isasyncgen(result) else result
+        return self.function(*args, **kwargs)
 
 
 class Handle:
