@@ -6,9 +6,16 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from skyreels.cli import add_device_flags, add_field_flag, default_dtype, resolve_device
 from skyreels.request import GenerationRequest
+
+if TYPE_CHECKING:
+    from skyreels.preflight.budget import PreflightReport
+    from skyreels.preflight.gpus import GpuType
+
+APP_IMPORT_PATH = "serve_app.app:build_app"
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -63,3 +70,20 @@ def run_service(args: argparse.Namespace) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         return 0
+
+
+def preflight_config(path: Path, gpu: GpuType, request: GenerationRequest) -> PreflightReport:
+    """`skyreels preflight --config PATH` (the skyreels.preflight_configs entry point): the first application of
+    the Serve config that runs this app, played as serve_app.preflight plays it at the app's startup."""
+    import yaml
+
+    from serve_app.app import AppConfig
+    from serve_app.preflight import STAGES, app_preflight
+
+    document = yaml.safe_load(Path(path).read_text())
+    for application in document.get("applications", []):
+        if application.get("import_path") == APP_IMPORT_PATH:
+            stage_gpus = {deployment["name"]: deployment.get("ray_actor_options", {}).get("num_gpus", 0)
+                          for deployment in application.get("deployments", []) if deployment["name"] in STAGES}
+            return app_preflight(AppConfig.model_validate(application.get("args") or {}), gpu, request, stage_gpus)
+    raise ValueError(f"{path}: no application with import_path {APP_IMPORT_PATH}")

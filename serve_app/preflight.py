@@ -4,47 +4,43 @@ The layout is the application's: a Denoiser gang of `gpus_per_replica` ranks, on
 served DiTs, swapped in place, and the VAE when the decode runs on the gang); a TextEncoder and a Vae replica,
 each on GPUs of its own when its `num_gpus` is 1 or more, else on the first GPU of a gang node with rank 0 (a
 fraction of a GPU, or none reserved while CUDA is visible, as the shipped GPU configs run them). Each process is
-played on fake CUDA by skyreels.preflight; the GPUs of one node are summed. `skyreels preflight --config` and the
-app's startup (build_app, when `gpu_type` is set) use it.
+played on fake CUDA by skyreels.preflight; the GPUs of one node are summed. `skyreels preflight --config`
+(serve_app.commands) and the app's startup (build_app, when `gpu_type` is set) use it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import yaml
+from typing import Any, Literal, Protocol
 
 from skyreels.preflight.budget import GpuPlan, PreflightReport, Tenant
 from skyreels.preflight.gpus import GpuType
 from skyreels.preflight.run import ProcessPlan, Role, play
-from skyreels.request import GenerationRequest
+from skyreels.optimize.config import OptimizeConfig
+from skyreels.request import GenerationRequest, Task
 
-if TYPE_CHECKING:
-    from serve_app.app import AppConfig
-
-APP_IMPORT_PATH = "serve_app.app:build_app"
 STAGES = {"TextEncoder": Role.TEXT_ENCODER, "Vae": Role.VAE}
+
+
+class Layout(Protocol):
+    """What of an AppConfig decides what its GPUs hold."""
+
+    gpus_per_replica: int
+    sequence_batch: bool
+    decode_on: Literal["vae", "gang"]
+    optimize: OptimizeConfig
+
+    @property
+    def sources(self) -> dict[Task, str]: ...
+
+    @property
+    def torch_dtype(self) -> Any: ...
 
 
 class ConfigDoesNotFitError(RuntimeError):
     """The application's stages cannot fit their GPUs (the message has the figures)."""
 
 
-def preflight_config(path: Path, gpu: GpuType, request: GenerationRequest) -> PreflightReport:
-    """`skyreels preflight --config PATH`: the first application of the Serve config that runs this app."""
-    from serve_app.app import AppConfig  # the app module checks its config with this one at build time
-
-    document = yaml.safe_load(Path(path).read_text())
-    for application in document.get("applications", []):
-        if application.get("import_path") == APP_IMPORT_PATH:
-            stage_gpus = {deployment["name"]: deployment.get("ray_actor_options", {}).get("num_gpus", 0)
-                          for deployment in application.get("deployments", []) if deployment["name"] in STAGES}
-            return app_preflight(AppConfig.model_validate(application.get("args") or {}), gpu, request, stage_gpus)
-    raise ValueError(f"{path}: no application with import_path {APP_IMPORT_PATH}")
-
-
-def app_preflight(config: AppConfig, gpu: GpuType, request: GenerationRequest,
+def app_preflight(config: Layout, gpu: GpuType, request: GenerationRequest,
                   stage_gpus: dict[str, Any] | None = None) -> PreflightReport:
     """What one node of `config`'s layout holds on GPUs of type `gpu`, serving `request`'s shape."""
     stage_gpus = stage_gpus or {}
@@ -67,7 +63,7 @@ def app_preflight(config: AppConfig, gpu: GpuType, request: GenerationRequest,
     return PreflightReport(gpu=gpu, gpus=tuple(gpus), host_bytes=host, host_processes=world + len(stages))
 
 
-def refuse_if_too_big(config: AppConfig, gpu: GpuType, request: GenerationRequest) -> PreflightReport:
+def refuse_if_too_big(config: Layout, gpu: GpuType, request: GenerationRequest) -> PreflightReport:
     """The startup check: ConfigDoesNotFitError, with the figures, when the stages cannot fit their GPUs."""
     report = app_preflight(config, gpu, request)
     if not report.fits:
