@@ -20,15 +20,21 @@ import torch
 from skyreels.gang.commands import Command, Decode
 from skyreels.gang.local import LocalGangStages
 from skyreels.gang.rank import GangRank, RankSpec
+from skyreels.loader import stage_loader
 from skyreels.models import TINY, resolve_model
 from skyreels.optimize.config import OptimizeConfig
 from skyreels.parallel.group import FAKE_BACKEND
 from skyreels.preflight.architecture import FAKE_FULL
 from skyreels.preflight.fake_cuda import fake_cuda
 from skyreels.preflight.gpus import GpuType
+from skyreels.pipeline import LocalPipeline
+from skyreels.random_full import LATENT_CHANNELS, POOLED_HIDDEN, TEXT_HIDDEN
 from skyreels.preflight.memory import PINNED
 from skyreels.recipe import generate, run_sync
 from skyreels.request import GenerationRequest, Task
+from skyreels.stages.conditioning import Conditioning, ImageCondition, PromptEmbeds
+from skyreels.stages.denoise import DenoiseParams
+from skyreels.stages.text import MAX_PROMPT_TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +106,6 @@ def play(plan: ProcessPlan, gpu: GpuType) -> ProcessMemory:
 
 def _run(plan: ProcessPlan, request: GenerationRequest) -> None:
     if plan.role is Role.PIPELINE and plan.world_size == 1:
-        from skyreels.pipeline import LocalPipeline
-
         pipe = LocalPipeline.from_pretrained(FAKE_FULL, plan.task, device="cuda", dtype=plan.dtype,
                                              sequence_batch=plan.sequence_batch, optimize=plan.optimize)
         pipe.generate(request)
@@ -109,8 +113,6 @@ def _run(plan: ProcessPlan, request: GenerationRequest) -> None:
     if plan.role in (Role.PIPELINE, Role.GANG_RANK):
         _run_rank(plan, request)
         return
-    from skyreels.loader import stage_loader
-
     loader = stage_loader(FAKE_FULL, plan.task, "cuda", plan.dtype, plan.optimize)
     if plan.role is Role.TEXT_ENCODER:
         loader.text().encode(request.prompt, request.negative_prompt if request.uses_true_cfg else None)
@@ -118,8 +120,7 @@ def _run(plan: ProcessPlan, request: GenerationRequest) -> None:
     vae = loader.vae()
     if request.image is not None:
         vae.encode_image(request.image, request.height, request.width, request.seed)
-    latents = torch.empty(1, 16, (request.num_frames - 1) // 4 + 1, request.height // 8, request.width // 8)
-    vae.decode(latents)
+    vae.decode(_latents(request))
 
 
 def _run_rank(plan: ProcessPlan, request: GenerationRequest) -> None:
@@ -142,34 +143,32 @@ def _run_rank(plan: ProcessPlan, request: GenerationRequest) -> None:
         conditioning = _fake_conditioning(request)
         run_sync(_drain(stages, plan.task, conditioning, request))
         if spec.decode:  # every rank decodes its share; only rank 0 answers
-            latents = torch.empty(1, 16, (request.num_frames - 1) // 4 + 1, request.height // 8, request.width // 8)
-            list(rank.run(Decode(latents)))
+            list(rank.run(Decode(_latents(request))))
     finally:
         rank.close()
 
 
-async def _drain(stages: LocalGangStages, task: Task, conditioning: Any, request: GenerationRequest) -> None:
-    from skyreels.stages.denoise import DenoiseParams
-
+async def _drain(stages: LocalGangStages, task: Task, conditioning: Conditioning, request: GenerationRequest) -> None:
     image = None
     if task is Task.I2V:
-        from skyreels.stages.conditioning import ImageCondition
-
-        image = ImageCondition(latents=torch.empty(1, 16, 1, request.height // 8, request.width // 8),
-                               generator_state=torch.Generator().get_state())
+        first_frame = _latents(request)[:, :, :1]
+        image = ImageCondition(latents=first_frame, generator_state=torch.Generator().get_state())
     async for _ in stages.denoise(task, conditioning, DenoiseParams.from_request(request), image):
         pass
 
 
-def _fake_conditioning(request: GenerationRequest) -> Any:
-    """What the TextEncoder stage hands a gang that does not encode: the embeddings' real shapes, on the host."""
-    from skyreels.stages.conditioning import Conditioning, PromptEmbeds
-    from skyreels.stages.text import MAX_PROMPT_TOKENS
+def _latents(request: GenerationRequest) -> torch.Tensor:
+    """The denoised latents of `request`'s video, as the DiT hands them to the decode (host, float32)."""
+    params = DenoiseParams.from_request(request)
+    return torch.empty(1, LATENT_CHANNELS, params.latent_frames, *params.latent_size)
 
+
+def _fake_conditioning(request: GenerationRequest) -> Conditioning:
+    """What the TextEncoder stage hands a gang that does not encode: the embeddings' real shapes, on the host."""
     def embeds() -> PromptEmbeds:
-        return PromptEmbeds(embeds=torch.empty(1, MAX_PROMPT_TOKENS, 4096, dtype=torch.bfloat16),
+        return PromptEmbeds(embeds=torch.empty(1, MAX_PROMPT_TOKENS, TEXT_HIDDEN, dtype=torch.bfloat16),
                             mask=torch.ones(1, MAX_PROMPT_TOKENS, dtype=torch.int64),
-                            pooled=torch.empty(1, 768, dtype=torch.bfloat16))
+                            pooled=torch.empty(1, POOLED_HIDDEN, dtype=torch.bfloat16))
 
     return Conditioning(positive=embeds(), negative=embeds() if request.uses_true_cfg else None)
 
