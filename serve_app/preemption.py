@@ -78,6 +78,11 @@ class Preemptor:
                 and (job.current_step == 0 or job.preemptions < self.max_preemptions)
                 and (slots_needed or job.id not in self._held)]
 
+    def on_the_gang(self, job_id: str) -> bool:
+        """The job has made a step in this run: its gang has work to save."""
+        job = self._jobs.get(job_id)
+        return job is not None and job.phase is Phase.DENOISING and job.current_step > 0
+
     def _waits(self, job: Job) -> bool:
         return job.priority is Priority.INTERACTIVE and waits_for_the_gang(job)
 

@@ -151,6 +151,7 @@ class JobRunner:
         self._stop_reasons: dict[str, JobError] = {}  # why a running job's task is being cancelled, if not a cancel
         self._dispatcher: asyncio.Task | None = None
         self.preemptor = Preemptor(store, policy.preempt_after_s, policy.max_preemptions)
+        self._pausing: set[str] = set()  # jobs whose gang was asked to stop (the stream ends without latents)
         self._loops: list[asyncio.Task] = []  # the lease keeper and the watcher of others' jobs
 
     async def start(self) -> None:
@@ -257,8 +258,14 @@ class JobRunner:
                     elif job_id in leases.cancel and not task.cancelling():
                         task.cancel()  # as a client's cancel here
                 for job_id in self.preemptor.victims():
-                    if job_id not in self._stop_reasons:  # not already being stopped
-                        logger.info("job %s: pausing it at the next step boundary for an interactive job", job_id)
+                    if job_id in self._stop_reasons or job_id in self._pausing:  # already being stopped
+                        continue
+                    logger.info("job %s: pausing it at the next step boundary for an interactive job", job_id)
+                    if self.preemptor.on_the_gang(job_id):
+                        # its gang stops after the step in flight and saves it; the run ends when its stream does
+                        self._pausing.add(job_id)
+                        await asyncio.to_thread(LatentCheckpoint(self.artifacts, job_id).request_stop)
+                    else:  # not on a gang yet: nothing to save
                         self._stop(job_id, PREEMPTED)
                 await self._take_over()
             except Exception:  # noqa: BLE001 - a store hiccup: the next heartbeat tries again, within the lease
@@ -351,6 +358,9 @@ class JobRunner:
         except JobChanged:
             logger.warning("job %s: another replica took it over; this run stops", job_id)
         except Exception as error:  # noqa: BLE001 - every failure must end the run, with its reason
+            if job_id in self._pausing:  # the gang stopped where it was asked to: no latents, the step saved
+                self._requeue_preempted(self.store.get(job_id))
+                return
             logger.warning("job %s: run %d failed: %s", job_id, len(job.attempts), error, exc_info=True)
             await self._end_attempt(self.store.get(job_id), job_error(error), metrics=metrics)
         finally:
@@ -358,6 +368,7 @@ class JobRunner:
             if self._running.get(job_id) is asyncio.current_task():  # a re-run may already have its own task
                 del self._running[job_id]
                 self.preemptor.forget(job_id)
+                self._pausing.discard(job_id)
 
     async def _end_attempt(self, job: Job, cause: JobError, metrics: dict[str, float] | None = None) -> None:
         """Records why the job's last run (held by this runner) ended; queues it again when infrastructure cut it

@@ -69,14 +69,20 @@ class Stages:
 
     async def denoise(self, task, conditioning, params, image, checkpoint=None, trace=None) -> AsyncIterator:
         """As the gang: goes on from the step the checkpoint holds, and saves the step it is stopped at."""
+        if checkpoint is not None:
+            checkpoint.clear_stop()
         resume = checkpoint.load_steps() if checkpoint is not None else None
         done = resume.step if resume is not None else 0
         self.started_at_step.append(done)
         try:
             await self._enter("denoise")
             for step in range(done + 1, params.num_inference_steps + 1):
+                while self.step_permits is not None and self.step_permits.empty():
+                    if checkpoint is not None and checkpoint.stop_requested():  # as the gang: stop, save the step
+                        return
+                    await asyncio.sleep(0.01)
                 if self.step_permits is not None:
-                    await self.step_permits.get()
+                    self.step_permits.get_nowait()
                 done = step
                 self.steps_run += 1
                 yield StepProgress(step, params.num_inference_steps)
