@@ -186,14 +186,15 @@ class Denoiser:
                    trace: Carrier | None = None) -> AsyncIterator[Any]:
         """Rank 0's answer to `command`, sent to the ranks it declares; one command at a time. A Denoise goes on
         from the step `checkpoint` holds (read once the gang is this command's: a run paused on this gang has
-        saved its step by then); cancelled, or asked through the checkpoint (request_stop: the job's runner let go
+        saved its step by then), unless the job's runner has let go of this run (then nothing runs); cancelled, or asked through the checkpoint (request_stop: the job's runner let go
         of it), the ranks stop together after a step and the main rank saves it there, before the gang takes the
         next command."""
         async with self._lock:
             if self._dead:
                 raise GangUnavailable(self._dead)
             if checkpoint is not None and isinstance(command, Denoise):
-                await asyncio.to_thread(checkpoint.clear_stop)
+                if await asyncio.to_thread(checkpoint.stop_requested):  # a request its runner let go of meanwhile
+                    return
                 command = replace(command, resume=await asyncio.to_thread(checkpoint.load_steps), checkpoint=checkpoint)
             workers = [self.workers[rank] for rank in ranks_for(command, len(self.workers))]
             streams = [worker.run.options(num_returns="streaming").remote(command, trace) for worker in workers]

@@ -332,6 +332,7 @@ class JobRunner:
                                                       "deadline"))
         held = {"when_held_by": self.runner_id}
         try:
+            await asyncio.to_thread(checkpoint.clear_stop)  # a stop asked of this job's earlier run
             request = await self._stored_request(job)
             with job_span(job_id, model=job.model, attempt=len(job.attempts)):
                 generated = await generate(request, stages, lambda progress: self._progress(job_id, progress),

@@ -31,7 +31,7 @@ THUMBNAIL = "thumbnail.jpg"
 INPUT_IMAGE = "input.png"
 LATENTS = "latents.safetensors"  # the checkpoint between the DiT and the decode
 STEPS = "steps.safetensors"  # the checkpoint of a denoising paused between two steps (preempted)
-STOP = "stop"  # the job's runner let go of its denoising run (paused, cancelled): its gang stops after a step
+STOP = "stop"  # the job's runner let go of its run (paused, cancelled): its gang stops after a step, or never starts
 
 # One path segment: starts with a letter or digit, no separators, no "..", bounded length.
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")

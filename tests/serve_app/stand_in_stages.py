@@ -69,8 +69,6 @@ class Stages:
 
     async def denoise(self, task, conditioning, params, image, checkpoint=None, trace=None) -> AsyncIterator:
         """As the gang: goes on from the step the checkpoint holds, and saves the step it is stopped at."""
-        if checkpoint is not None:
-            checkpoint.clear_stop()
         resume = checkpoint.load_steps() if checkpoint is not None else None
         done = resume.step if resume is not None else 0
         self.started_at_step.append(done)
