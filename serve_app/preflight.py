@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
-from skyreels.preflight.budget import GpuPlan, PreflightReport, Tenant
+from skyreels.preflight.budget import GpuPlan, PreflightReport, Tenant, other_ranks
 from skyreels.preflight.gpus import GpuType
 from skyreels.preflight.run import ProcessPlan, Role, play
 from skyreels.optimize.config import OptimizeConfig
@@ -56,7 +56,7 @@ def app_preflight(config: Layout, gpu: GpuType, request: GenerationRequest,
     first = [rank(0)] + [stages[name] for name in STAGES if float(stage_gpus.get(name) or 0) < 1]
     gpus = [GpuPlan("GPU 0", tuple(first))]
     if world > 1:
-        gpus.append(GpuPlan(f"GPUs 1-{world - 1}" if world > 2 else "GPU 1", (rank(1),)))
+        gpus.append(GpuPlan(other_ranks(world), (rank(1),)))
     gpus += [GpuPlan(f"{name}'s GPU", (stages[name],)) for name in STAGES if float(stage_gpus.get(name) or 0) >= 1]
     host = first[0].host_bytes + (world - 1) * (gpus[1].tenants[0].host_bytes if world > 1 else 0) + sum(
         stage.host_bytes for stage in stages.values())

@@ -56,6 +56,11 @@ class Tenant:
         return self.memory.host_pageable + self.memory.host_pinned + PROCESS_HOST_BYTES
 
 
+def other_ranks(world_size: int) -> str:
+    """The name of the GPUs of a gang's ranks after rank 0 (each holds what rank 1 holds)."""
+    return f"GPUs 1-{world_size - 1}" if world_size > 2 else "GPU 1"
+
+
 @dataclass(frozen=True)
 class GpuPlan:
     """What one GPU of the layout holds: its processes."""

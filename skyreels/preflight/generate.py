@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from skyreels.optimize.config import OptimizeConfig
-from skyreels.preflight.budget import GpuPlan, PreflightReport, Tenant
+from skyreels.preflight.budget import GpuPlan, PreflightReport, Tenant, other_ranks
 from skyreels.preflight.gpus import GpuType
 from skyreels.preflight.run import ProcessPlan, Role, play
 from skyreels.request import GenerationRequest
@@ -25,7 +25,6 @@ def preflight_generate(request: GenerationRequest, gpu: GpuType, optimize: Optim
         return PreflightReport(gpu=gpu, gpus=(GpuPlan("GPU 0", (main,)),), host_bytes=main.host_bytes,
                                host_processes=1)
     other = Tenant("rank 1", play(plan(1), gpu))
-    others = f"GPUs 1-{gpu_num - 1}" if gpu_num > 2 else "GPU 1"
-    return PreflightReport(gpu=gpu, gpus=(GpuPlan("GPU 0", (main,)), GpuPlan(others, (other,))),
+    return PreflightReport(gpu=gpu, gpus=(GpuPlan("GPU 0", (main,)), GpuPlan(other_ranks(gpu_num), (other,))),
                            host_bytes=main.host_bytes + (gpu_num - 1) * other.host_bytes, host_processes=gpu_num)
 
