@@ -1,6 +1,7 @@
 """The tensor methods that a CPU-only torch build cannot run on fake CUDA tensors, rewritten into aten ops.
 
-`tensor[...]`, `tensor[...] = value` and `tensor.to(...)` / `.cuda()` / `.cpu()`, `.contiguous()`, `.copy_()`, `int(tensor)` / `.item()`, `tensor.data = ...` and `torch.tensor(data, device="cuda")` are Python bindings written in
+`tensor[...]`, `tensor[...] = value`, `tensor.to(...)` / `.cuda()` / `.cpu()`, `.contiguous()`, `.copy_()`,
+`int(tensor)` / `.item()`, `tensor.data = ...` and `torch.tensor(data, device="cuda")` are Python bindings written in
 C++ that construct a CUDA device guard, which a torch build without CUDA cannot make ("PyTorch is not linked with
 support for cuda devices"), even for fake tensors. Every other op reaches FakeTensorMode through the dispatcher,
 which needs no guard. This mode rewrites those calls into the aten ops they stand for (select, slice, unsqueeze,
