@@ -16,6 +16,7 @@ from tests_support import assert_same_video, decode_mp4
 pytestmark = pytest.mark.slow
 
 SMALL = dict(size="64x64", num_frames=9)
+LONG = dict(size="128x128", num_frames=17, num_inference_steps=100)  # seconds on the gang: longer than the wait
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_the_class_rides_in_json_and_multipart_bodies(client: VideoClient, first
 
 
 def test_a_batch_job_is_preempted_for_an_interactive_one_and_resumes_to_the_same_video(client: VideoClient) -> None:
-    batch = client.submit("a long batch video", seed=3, num_inference_steps=80, **SMALL)
+    batch = client.submit("a long batch video", seed=3, **LONG)
     deadline = time.monotonic() + 120
     while client.get(batch["id"])["current_step"] < 2:  # it is on the gang
         assert time.monotonic() < deadline
@@ -56,5 +57,5 @@ def test_a_batch_job_is_preempted_for_an_interactive_one_and_resumes_to_the_same
     assert "preempted" in [a["error"]["code"] for a in batch["attempts"] if a["error"]]
 
     local = LocalPipeline.from_pretrained("tiny").generate(GenerationRequest(
-        prompt="a long batch video", seed=3, height=64, width=64, num_frames=9, num_inference_steps=80))
+        prompt="a long batch video", seed=3, height=128, width=128, num_frames=17, num_inference_steps=100))
     assert_same_video(decode_mp4(client.content(batch["id"])), decode_mp4(local.to_mp4()))
