@@ -13,6 +13,10 @@ was taken over after its lease ran out: the run stops without writing). A runner
 ran out (its replica died) ends that run as an interrupted one, and the job runs again as after a restart.
 Followers (SSE) of a job that another replica runs see its record as the store has it, polled every
 `queue_poll_s`.
+
+While the store is unavailable (a database restart), runs go on: their progress is not recorded, and the end of a
+run waits for the store to record it. Once back, a runner takes over others' runs only after a lease of a reachable
+store, so that their runners, which could not renew either, renew first.
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -40,12 +44,14 @@ from serve_app.priorities import Priority
 from serve_app.requests import to_generation_request
 from serve_app.schemas import Attempt, ErrorCode, Job, JobError, JobStatus
 from serve_app.serve_stages import ServeStages
-from serve_app.store import JobChanged, JobStore, QueuePlace
+from serve_app.store import JobChanged, JobStore, QueuePlace, StoreUnavailable
 from skyreels.artifacts import INPUT_IMAGE, ArtifactStore, LatentCheckpoint, StoredVideo
 from skyreels.recipe import Phase, Progress, generate
 from skyreels.request import GenerationRequest
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class JobPolicy:
@@ -67,6 +73,8 @@ class JobPolicy:
 
 NOT_COUNTED = (ErrorCode.HANDED_BACK, ErrorCode.PREEMPTED)  # runs that do not count against max_attempts
 QUEUE_METRICS_S = 2.0  # how often a runner reports the queue's depth and oldest wait
+# a run's end waits for an unavailable store, trying again after these seconds (doubled each time, up to the last)
+RECORD_RETRY_S = (0.1, 1.0)
 
 INTERRUPTED = JobError(code=ErrorCode.INTERRUPTED, message="the server stopped while this job ran")
 PREEMPTED = JobError(code=ErrorCode.PREEMPTED, message="paused at a step boundary for an interactive job; resumes "
@@ -153,6 +161,9 @@ class JobRunner:
         self.preemptor = Preemptor(store, policy.preempt_after_s, policy.max_preemptions)
         self._pausing: set[str] = set()  # jobs whose gang was asked to stop (the stream ends without latents)
         self._loops: list[asyncio.Task] = []  # the lease keeper and the watcher of others' jobs
+        self._store_lost_at: float | None = None  # when the store became unavailable, while it is (monotonic)
+        self._store_back_at = float("-inf")  # when it was last back (monotonic): take-overs wait a lease after it
+        self._closing = False  # stopping: run ends that the store cannot record now are left to their leases
 
     async def start(self) -> None:
         """Recovers from the last process: what was running runs again (on a store only this runner uses, every
@@ -204,6 +215,7 @@ class JobRunner:
         running = list(self._running.items())
         if running:
             await asyncio.wait([task for _, task in running], timeout=grace_s)
+        self._closing = True
         for job_id, task in running:
             if not task.done():
                 self._stop(job_id, JobError(code=ErrorCode.HANDED_BACK,
@@ -214,6 +226,7 @@ class JobRunner:
     async def stop(self) -> None:
         """Stops at once, writing nothing more, as a killed process would: the leases of its running jobs run
         out, and those jobs run again (on another replica, or after a restart)."""
+        self._closing = True
         for job_id in self._running:
             self._stop(job_id, LOST)
         tasks = [task for task in (self._dispatcher, *self._loops, *self._running.values()) if task is not None]
@@ -236,9 +249,13 @@ class JobRunner:
         self._queued.clear()
         try:
             job = self.store.claim(self.runner_id, self.policy.job_lease_s, self.policy.model_group_delay_s)
-        except Exception:  # noqa: BLE001 - the store is unreachable for now: the next poll tries again
+        except StoreUnavailable as error:  # the next poll tries again
+            self._store_lost(error)
+            return None
+        except Exception:  # noqa: BLE001 - the next poll tries again
             logger.exception("claiming a job failed")
             return None
+        self._store_back()
         if job is not None:
             self.preemptor.track(job)
             self.events.publish(job)
@@ -251,6 +268,7 @@ class JobRunner:
             await asyncio.sleep(self.policy.job_heartbeat_s)
             try:
                 leases = self.store.renew(self.runner_id, self.policy.job_lease_s, list(self._running))
+                self._store_back()
                 for job_id, task in list(self._running.items()):
                     if job_id in leases.lost:
                         logger.warning("job %s: another replica took it over; this run stops", job_id)
@@ -267,7 +285,11 @@ class JobRunner:
                         await asyncio.to_thread(LatentCheckpoint(self.artifacts, job_id).request_stop)
                     else:  # not on a gang yet: nothing to save
                         self._stop(job_id, PREEMPTED)
-                await self._take_over()
+                # the other runners' leases went stale while none could reach the store: they renew first
+                if time.monotonic() - self._store_back_at >= self.policy.job_lease_s:
+                    await self._take_over()
+            except StoreUnavailable as error:  # the next heartbeat tries again
+                self._store_lost(error)
             except Exception:  # noqa: BLE001 - a store hiccup: the next heartbeat tries again, within the lease
                 logger.exception("heartbeat failed")
 
@@ -289,6 +311,8 @@ class JobRunner:
             try:
                 for job in self.store.get_many(self.events.followed() - self._running.keys()):
                     self.events.publish(job)
+            except StoreUnavailable as error:
+                self._store_lost(error)
             except Exception:  # noqa: BLE001 - a store hiccup: the next poll tries again
                 logger.exception("polling followed jobs failed")
 
@@ -297,6 +321,8 @@ class JobRunner:
         while True:
             try:
                 await asyncio.to_thread(self.metrics.queue, self.store)
+            except StoreUnavailable as error:
+                self._store_lost(error)
             except Exception:  # noqa: BLE001 - a store hiccup: the next report tries again
                 logger.exception("reporting the queue's metrics failed")
             await asyncio.sleep(QUEUE_METRICS_S)
@@ -337,39 +363,80 @@ class JobRunner:
             with job_span(job_id, model=job.model, attempt=len(job.attempts)):
                 generated = await generate(request, stages, lambda progress: self._progress(job_id, progress),
                                            checkpoint)
+            deadline.cancel()  # the video is made: waiting for the store to record it is no overrun
             if "checkpoint" in generated.timings:
                 self.metrics.checkpointed(generated.timings["checkpoint"])
             stored: StoredVideo = generated.output
             metrics.update(generated.timings, vae_decode=stored.decode_seconds, mux=stored.mux_seconds)
-            await self._end(job_id, JobStatus.COMPLETED, metrics=metrics, resumed_from_checkpoint=generated.resumed,
-                            **held)
+            ended_at = time.time()
+            await self._recorded(job_id, lambda: self._end(
+                job_id, JobStatus.COMPLETED, metrics=metrics, resumed_from_checkpoint=generated.resumed,
+                ended_at=ended_at, **held))
         except asyncio.CancelledError:
             reason = self._stop_reasons.pop(job_id, None)
             if reason is not LOST:  # its gang runs on, unwatched, until it reads this between two steps
                 await asyncio.to_thread(checkpoint.request_stop)
+            ended_at = time.time()
             if reason is None:
-                await self._end(job_id, JobStatus.CANCELLED, metrics=metrics, **held)
+                await self._recorded(job_id, lambda: self._end(job_id, JobStatus.CANCELLED, metrics=metrics,
+                                                               ended_at=ended_at, **held))
             elif reason.code is ErrorCode.HANDED_BACK:
-                await self._end_attempt(self.store.get(job_id), reason)
+                await self._recorded(job_id, lambda: self._end_attempt(self.store.get(job_id), reason))
             elif reason.code is ErrorCode.PREEMPTED:
-                self._requeue_preempted(self.store.get(job_id))
+                await self._recorded(job_id, lambda: self._requeue_preempted(self.store.get(job_id)))
             elif reason is not LOST:
-                await self._end(job_id, JobStatus.FAILED, reason, metrics=metrics, **held)
+                await self._recorded(job_id, lambda: self._end(job_id, JobStatus.FAILED, reason, metrics=metrics,
+                                                               ended_at=ended_at, **held))
             raise
         except JobChanged:
             logger.warning("job %s: another replica took it over; this run stops", job_id)
         except Exception as error:  # noqa: BLE001 - every failure must end the run, with its reason
             if job_id in self._pausing:  # the gang stopped where it was asked to: no latents, the step saved
-                self._requeue_preempted(self.store.get(job_id))
+                await self._recorded(job_id, lambda: self._requeue_preempted(self.store.get(job_id)))
                 return
             logger.warning("job %s: run %d failed: %s", job_id, len(job.attempts), error, exc_info=True)
-            await self._end_attempt(self.store.get(job_id), job_error(error), metrics=metrics)
+            await self._recorded(job_id, lambda: self._end_attempt(self.store.get(job_id), job_error(error),
+                                                                   metrics=metrics))
         finally:
             deadline.cancel()
             if self._running.get(job_id) is asyncio.current_task():  # a re-run may already have its own task
                 del self._running[job_id]
                 self.preemptor.forget(job_id)
                 self._pausing.discard(job_id)
+
+    async def _recorded(self, job_id: str, end: Callable[[], Awaitable[T]]) -> T | None:
+        """`end()`, the record of how a run ended, tried again while the store is unavailable, until it is back
+        (a run that ended meanwhile is recorded once, as it ended). None if this runner stops first: then the job's
+        lease runs out and it runs again. Not bounded by the job's deadline: giving up could not write anything
+        either, and would leave the job in progress under this runner's lease, which its heartbeat keeps renewing."""
+        delay, most = RECORD_RETRY_S
+        while True:
+            try:
+                result = await end()
+            except StoreUnavailable as error:
+                if self._closing:
+                    logger.warning("job %s: the store cannot record how its run ended (%s) and this runner stops; "
+                                   "it runs again once its lease runs out", job_id, error)
+                    return None
+                self._store_lost(error)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, most)
+                continue
+            self._store_back()
+            return result
+
+    def _store_lost(self, error: StoreUnavailable) -> None:
+        """Logged once per outage (every poll, heartbeat and step meets it)."""
+        if self._store_lost_at is None:
+            self._store_lost_at = time.monotonic()
+            logger.warning("the job store is unavailable (%s): runs go on without recording their progress, and "
+                           "their ends wait for it", error)
+
+    def _store_back(self) -> None:
+        if self._store_lost_at is not None:
+            self._store_back_at = time.monotonic()
+            logger.info("the job store is back after %.1f s", self._store_back_at - self._store_lost_at)
+            self._store_lost_at = None
 
     async def _end_attempt(self, job: Job, cause: JobError, metrics: dict[str, float] | None = None) -> None:
         """Records why the job's last run (held by this runner) ended; queues it again when infrastructure cut it
@@ -381,9 +448,9 @@ class JobRunner:
         if cause.code.is_infrastructure and counted < self.policy.max_attempts:
             logger.warning("job %s: %s; running it again (%d of %d runs used)", job.id, cause.message, counted,
                            self.policy.max_attempts)
-            self.metrics.rerun(cause.code)
             self._update(job.id, status=JobStatus.QUEUED, phase=Phase.QUEUED, progress=0, current_step=0,
                          attempts=attempts, when_held_by=self.runner_id)
+            self.metrics.rerun(cause.code)  # once written: a write the store refused is tried again
             self._queued.set()
             return
         if cause.code.is_infrastructure:
@@ -392,7 +459,7 @@ class JobRunner:
         self._update(job.id, attempts=attempts, when_held_by=self.runner_id)
         await self._end(job.id, JobStatus.FAILED, cause, metrics=metrics, when_held_by=self.runner_id)
 
-    def _requeue_preempted(self, job: Job) -> None:
+    async def _requeue_preempted(self, job: Job) -> None:
         """The paused job back in the queue (its gang checkpointed the step it stopped at); a pause after its first
         step counts in `preemptions`."""
         last = job.attempts[-1]
@@ -404,8 +471,13 @@ class JobRunner:
         self._queued.set()
 
     def _progress(self, job_id: str, progress: Progress) -> None:
-        self._update(job_id, phase=progress.phase, progress=progress.percent, current_step=progress.step,
-                     total_steps=progress.total_steps, when_held_by=self.runner_id)
+        try:
+            self._update(job_id, phase=progress.phase, progress=progress.percent, current_step=progress.step,
+                         total_steps=progress.total_steps, when_held_by=self.runner_id)
+        except StoreUnavailable as error:  # the run goes on; its next update, or its end, is recorded
+            self._store_lost(error)
+        else:
+            self._store_back()
 
     async def _stored_request(self, job: Job) -> GenerationRequest:
         """The job's request as recorded at submit, its image read back from the artifacts."""
@@ -423,10 +495,11 @@ class JobRunner:
 
     async def _end(self, job_id: str, status: JobStatus, error: JobError | None = None,
                    metrics: dict[str, float] | None = None, when_status: JobStatus | None = None,
-                   when_held_by: str | None = None, **changes: Any) -> Job:
+                   when_held_by: str | None = None, ended_at: float | None = None, **changes: Any) -> Job:
         """The job's final record (its open run closed; written only if the guards hold, see JobStore.update),
-        then its latent checkpoint goes, then followers and `on_end` hear of it."""
-        now = time.time()
+        then its latent checkpoint goes, then followers and `on_end` hear of it. `ended_at`: when it ended, if
+        before now (the store was unavailable then)."""
+        now = time.time() if ended_at is None else ended_at
         job = self.store.get(job_id)
         if job.attempts and job.attempts[-1].ended_at is None:
             changes["attempts"] = [*job.attempts[:-1], job.attempts[-1].model_copy(update={"ended_at": now})]

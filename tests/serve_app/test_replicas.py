@@ -30,7 +30,7 @@ from serve_app.client import VideoClient
 from serve_app.metrics import JobMetrics
 from serve_app.runner import JobPolicy, JobRunner, QueueFull
 from serve_app.schemas import ErrorCode, Job, JobStatus
-from serve_app.store import open_store
+from serve_app.store import StoreUnavailable, open_store
 from skyreels.artifacts import ArtifactStore
 from skyreels.models import SERVED_MODEL_IDS
 from skyreels.parallel.group import free_port
@@ -46,9 +46,9 @@ OBSERVABILITY = Path(__file__).resolve().parents[2] / "cluster" / "observability
 
 
 @asynccontextmanager
-async def replicas(url: str, *stages: Stages) -> AsyncIterator[list[JobRunner]]:
+async def replicas(url: str, *stages: Stages, policy: JobPolicy = POLICY) -> AsyncIterator[list[JobRunner]]:
     """A started runner on the store at `url` for each of `stages`; all share the artifacts, as replicas do."""
-    runners = [JobRunner(open_store("", url), s.artifacts, *s.handles(), POLICY, JobMetrics()) for s in stages]
+    runners = [JobRunner(open_store("", url), s.artifacts, *s.handles(), policy, JobMetrics()) for s in stages]
     for runner in runners:
         await runner.start()
     try:
@@ -143,6 +143,56 @@ def test_cancel_through_the_replica_that_does_not_run_the_job(postgres_url: str,
     runs_it, _, cancelled = a_job_hung_on_one_replica(postgres_url, tmp_path, cancel_elsewhere)
     assert cancelled.status is JobStatus.CANCELLED and cancelled.error is None
     assert runs_it.denoise_closed == 1 and not runs_it.decoded  # stopped mid-denoise, as a cancel here would
+
+
+def test_runs_ride_out_a_postgresql_restart_and_are_recorded_once(postgres_server, postgres_url: str,
+                                                                  tmp_path: Path) -> None:
+    """The database restarts, for longer than a lease, while each replica runs two jobs: one replica's jobs end
+    during the outage and are recorded once it is back; the other's go on through it (their progress unrecorded)
+    and end after. No run is taken over for the leases that went stale while neither replica could renew them."""
+    artifacts = ArtifactStore(str(tmp_path / "artifacts"))
+    ends_during, ends_after = Stages(artifacts, steps=4), Stages(artifacts, steps=4)
+    for stages in (ends_during, ends_after):
+        stages.step_permits = asyncio.Queue()
+
+    def reachable(condition: Callable[[], bool]) -> Callable[[], bool]:
+        def holds() -> bool:
+            try:
+                return condition()
+            except StoreUnavailable:  # a pooled connection from before the restart, found dead
+                return False
+        return holds
+
+    async def scenario() -> tuple[list[Job], float]:
+        async with replicas(postgres_url, ends_during, ends_after, policy=replace(POLICY, max_running_jobs=2)
+                            ) as (a, b):
+            jobs = [await submit((a, b)[i % 2], f"job {i}", steps=4) for i in range(4)]
+            await until(lambda: len(a._running) == len(b._running) == 2)
+            with postgres_server.stopped():
+                stopped_at = time.monotonic()
+                for _ in range(8):  # every step of a's two jobs, one step each of b's
+                    ends_during.step_permits.put_nowait(None)
+                ends_after.step_permits.put_nowait(None)
+                ends_after.step_permits.put_nowait(None)
+                await until(lambda: sum(ends_during.decoded.values()) == 2 and ends_after.steps_run == 2
+                            and time.monotonic() > stopped_at + 2 * POLICY.job_lease_s)
+                with pytest.raises(StoreUnavailable):
+                    a.store.get(jobs[0].id)
+                assert len(a._running) == len(b._running) == 2  # runs wait to be recorded, or go on
+            back = time.time()
+            await until(reachable(lambda: a.store.count(JobStatus.COMPLETED) == 2))
+            for _ in range(6):
+                ends_after.step_permits.put_nowait(None)
+            await until(reachable(lambda: a.store.count(JobStatus.COMPLETED) == 4))
+            return a.store.get_many([job.id for job in jobs]), back
+
+    done, back = asyncio.run(scenario())
+    assert [job.status for job in done] == [JobStatus.COMPLETED] * 4
+    assert all(len(job.attempts) == 1 and job.attempts[0].error is None for job in done)  # no take-over, no re-run
+    assert ends_during.decoded + ends_after.decoded == Counter({job.id: 1 for job in done})
+    assert len(ends_during.decoded) == len(ends_after.decoded) == 2
+    # the jobs that ended during the outage are recorded as they ended, not when the store came back
+    assert all(job.completed_at < back for job in done if job.id in ends_during.decoded)
 
 
 def test_the_queue_limit_counts_every_replicas_jobs(postgres_url: str, tmp_path: Path) -> None:
