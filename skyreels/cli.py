@@ -18,6 +18,7 @@ from pydantic.fields import FieldInfo
 from skyreels.logs import configure_logging
 from skyreels.lora.spec import MAX_LORAS, MAX_SCALE, MIN_SCALE, LoraSpec
 from skyreels.models import ModelNotAvailableError
+from skyreels.planner.cli import add_plan_command
 from skyreels.preflight.gpus import GPU_TYPES
 from skyreels.optimize.config import OptimizeConfig, QuantMode
 from skyreels.request import GenerationRequest, Task
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      parser_class=_command_parser)
     _add_generate(commands)
     _add_preflight(commands)
+    add_plan_command(commands)
     make_tiny = commands.add_parser("make-tiny", help="write the tiny preset (the real weights' on-disk layout)")
     make_tiny.add_argument("path", type=Path, help="directory to write")
     make_tiny.add_argument("--task", default="t2v", choices=[t.value for t in Task], help="which model to write")

@@ -146,7 +146,7 @@ class SimProfile(BaseModel):
                      true_cfg: bool = True) -> float:
         """One step on a gang of cfg_degree x ulysses_degree GPUs. Without true CFG a step is one forward, and
         a CFG split has nothing to split (both halves run it)."""
-        one_gpu = self.dit_step.at(shape) * self.gang.dit_speedup(*_mesh(self.dit_step.gang_size))
+        one_gpu = self.dit_step.at(shape) * self.gang.dit_speedup(*mesh_of(self.dit_step.gang_size))
         if not true_cfg:
             return one_gpu / 2 / self.gang.ulysses.speedup(ulysses_degree)
         return one_gpu / self.gang.dit_speedup(cfg_degree, ulysses_degree)
@@ -162,7 +162,7 @@ class SimProfile(BaseModel):
         return cls.model_validate_json(path.read_text())
 
 
-def _mesh(gang_size: int) -> tuple[int, int]:
+def mesh_of(gang_size: int) -> tuple[int, int]:
     """cfg_degree x ulysses_degree of a gang with true CFG (skyreels.parallel.mesh.MeshShape.plan's rule)."""
     cfg_degree = 2 if gang_size % 2 == 0 else 1
     return cfg_degree, gang_size // cfg_degree
