@@ -84,8 +84,9 @@ class Layout:
 
     @property
     def worker_gpu_fraction(self) -> float:
-        colocated = sum(s.gpus for s in (self.text, self.vae) if s.placement == "colocated")
-        return 1.0 - colocated if colocated else 1.0
+        """Each gang GPU keeps a share free for one co-located replica."""
+        colocated = any(s.placement == "colocated" for s in (self.text, self.vae))
+        return 1.0 - COLOCATED_SHARE if colocated else 1.0
 
     def shape(self) -> str:
         parts = [f"{self.gangs} x gang of {self.gang_size} {self.gpu_type}"]
@@ -103,9 +104,13 @@ class Layout:
         precision = precision or self.precision
         stage_precision = "fp8" if precision.startswith("fp8") else "lossless"
         keys = {"text": ProcessKey(role="text_encoder", precision=stage_precision), "vae": ProcessKey(role="vae")}
-        beside = tuple(keys[name] for name, stage in (("text", self.text), ("vae", self.vae))
-                       if stage.placement in ("beside", "colocated"))
-        plans = {self.gpu_type: table.gang_gpus(self.gang_size, self.decode_on == "gang", precision, beside)}
+        # beside rank 0 (no GPU reserved: the shipped configs), or a share of a gang GPU: Ray packs the text
+        # encoder's on one and the Vae's on others
+        on_first = tuple(keys[name] for name, stage in (("text", self.text), ("vae", self.vae))
+                         if stage.placement == "beside" or (name == "text" and stage.placement == "colocated"))
+        on_others = (keys["vae"],) if self.vae.placement == "colocated" else ()
+        plans = {self.gpu_type: table.gang_gpus(self.gang_size, self.decode_on == "gang", precision, on_first,
+                                                on_others)}
         for name, stage in (("text", self.text), ("vae", self.vae)):
             if stage.placement == "own":
                 kind = stage.gpu_type or self.gpu_type
@@ -192,9 +197,10 @@ def candidates(gpus: int, gpu_type: str, pool: dict[str, int] | None = None) -> 
         gangs = gpus // size
         layouts.append(Layout(f"mono-{size}x{gangs}", gpu_type, size, gangs, "gang",
                               about="monolithic: every stage on the gangs' GPUs"))
-        layouts.append(Layout(f"coloc-{size}x{gangs}", gpu_type, size, gangs, "vae",
-                              text=StagePlan(1, "colocated"), vae=StagePlan(gangs, "colocated"),
-                              about="Vae replicas on a share of the gang GPUs decode while the gang denoises"))
+        if size > 1:  # a share of GPU 0 for the text encoder, of the others for the Vae replicas
+            layouts.append(Layout(f"coloc-{size}x{gangs}", gpu_type, size, gangs, "vae",
+                                  text=StagePlan(1, "colocated"), vae=StagePlan(gangs, "colocated"),
+                                  about="Vae replicas on a share of the gang GPUs decode while the gang denoises"))
         for vaes in (1, 2, 3):
             rest = gpus - 1 - vaes
             if rest >= size and rest % size == 0:

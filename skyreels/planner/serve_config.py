@@ -37,7 +37,10 @@ class ConfiguredApp:
     time_factor: float  # the sim's: wall seconds per real-time second (1.0 off the sim)
 
 
-def read(path: Path, orchestration: Orchestration | None = None) -> ConfiguredApp:
+def read(path: Path, orchestration: Orchestration | None = None, gang_start_s: float | None = None
+         ) -> ConfiguredApp:
+    """`orchestration` and `gang_start_s` (wall seconds on the sim, real ones elsewhere): measured on the machine
+    the config runs on; default: this machine's (sim) or none and a GPU node's model load."""
     config = yaml.safe_load(path.read_text())
     (application,) = config["applications"]
     args: dict[str, Any] = application.get("args", {})
@@ -48,9 +51,10 @@ def read(path: Path, orchestration: Orchestration | None = None) -> ConfiguredAp
     profile = sim.timings if sim is not None else profile_for(gpu_type)
     if sim is not None:
         orchestration = (orchestration or SIM_LOCAL_ORCHESTRATION).scaled(1 / factor)
-        gang_load_s, stage_load_s = SIM_LOCAL_GANG_START_S / factor, SIM_LOCAL_STAGE_START_S / factor
+        gang_load_s = (gang_start_s or SIM_LOCAL_GANG_START_S) / factor
+        stage_load_s = SIM_LOCAL_STAGE_START_S / factor
     else:
-        gang_load_s, stage_load_s = GANG_LOAD_S, STAGE_LOAD_S
+        gang_load_s, stage_load_s = gang_start_s or GANG_LOAD_S, STAGE_LOAD_S
     gang_size = int(args.get("gpus_per_replica", 1))
 
     def stage(name: str, gpus: float, load_s: float, default_ongoing: int) -> StageSpec:

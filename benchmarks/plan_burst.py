@@ -1,0 +1,132 @@
+"""`skyreels plan --config cluster/serve_config.sim.yaml --burst N` against the real app on this machine.
+
+    python benchmarks/plan_burst.py            # about 3 minutes on 2 cores
+
+Deploys cluster/serve_config.sim.yaml on a local Ray (as `serve run` does), measures what Ray and Serve add to a
+lone job's stage calls here and how long a new Denoiser replica takes to start, then submits N jobs at once and
+times the makespan (first submit to last completion). The planner predicts the same config with those two
+measurements. Writes benchmarks/results/plan_burst.{json,md}; the measured figures are the ones
+skyreels/planner/serve_config.py keeps as SIM_LOCAL_*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import ray
+import yaml
+from bench_cluster import Layout, drain
+from planner_validation import measure_orchestration
+from ray import serve
+from sim_cluster import deploy, replicas
+
+from serve_app.client import VideoClient
+from serve_app.launch import wait_ready
+from skyreels.parallel.group import free_port
+from skyreels.planner.model import Arrival, ServedAppModel
+from skyreels.planner.serve_config import read
+from skyreels.sim.profile import WORKLOAD, WORKLOAD_STEPS
+from skyreels.sim.source import SimOptions
+
+logger = logging.getLogger("plan_burst")
+ROOT = Path(__file__).resolve().parents[1]
+SIM_CONFIG = ROOT / "cluster" / "serve_config.sim.yaml"
+
+
+def local_config(root: Path, port: int) -> dict:
+    config = yaml.safe_load(SIM_CONFIG.read_text())
+    (app,) = config["applications"]
+    app["args"] |= {"database_path": str(root / "jobs.sqlite3"), "artifact_url": str(root / "artifacts")}
+    return config | {"http_options": {"host": "127.0.0.1", "port": port}}
+
+
+class GangStarts:
+    """Seconds from a Denoiser replica's appearance (STARTING) to RUNNING, sampled every 0.2 s."""
+
+    def __init__(self, app: str) -> None:
+        self.app, self.seconds, self._stop = app, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> GangStarts:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        starting_since: float | None = None
+        running = replicas(self.app)["Denoiser"].get("RUNNING", 0)
+        while not self._stop.wait(0.2):
+            states = replicas(self.app)["Denoiser"]
+            if states.get("STARTING", 0) and starting_since is None:
+                starting_since = time.monotonic()
+            if states.get("RUNNING", 0) > running and starting_since is not None:
+                self.seconds.append(time.monotonic() - starting_since)
+                starting_since = None if not states.get("STARTING", 0) else time.monotonic()
+            running = states.get("RUNNING", 0)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--burst", type=int, default=6)
+    parser.add_argument("--lone_jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "plan_burst.json")
+    args = parser.parse_args()
+    root, port = Path(tempfile.mkdtemp(prefix="plan-burst-")), free_port()
+    config = local_config(root, port)
+    app_args = config["applications"][0]["args"]
+    options = SimOptions.parse(app_args["model"])
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
+    deploy(config)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, timeout_s=300)
+    lone = Layout("sim", app_args["gpus_per_replica"], 1, app_args["decode_on"], 0, 1, "serve_config.sim.yaml")
+    with VideoClient(url, timeout_s=120) as client, GangStarts("skyreels") as starts:
+        drain(client, [client.submit("warm-up", seed=0)["id"]])
+        orchestration = measure_orchestration(client, lone, options.timings, options.time_factor, WORKLOAD_STEPS,
+                                              args.lone_jobs)
+        submitted = time.time()
+        ids = [client.submit(f"burst job {i}", seed=i)["id"] for i in range(args.burst)]
+        jobs = drain(client, ids, timeout_s=600)
+    serve.shutdown()
+    ray.shutdown()
+    makespan = max(job["completed_at"] for job in jobs) - submitted
+    gang_start_s = sum(starts.seconds) / len(starts.seconds) if starts.seconds else None
+    configured = read(SIM_CONFIG, orchestration, gang_start_s)
+    outcome = ServedAppModel(configured.app).run([Arrival(0.0, WORKLOAD, WORKLOAD_STEPS)
+                                                  for _ in range(args.burst)])
+    predicted = max(job.completed_s for job in outcome.completed) * options.time_factor
+    error = abs(predicted - makespan) / makespan
+    report = {"command": "python " + " ".join(sys.argv), "host": platform.node(), "ray": ray.__version__,
+              "config": str(SIM_CONFIG.relative_to(ROOT)), "burst": args.burst,
+              "completed": sum(job["status"] == "completed" for job in jobs),
+              "orchestration_wall_s": asdict(orchestration), "gang_start_wall_s": starts.seconds,
+              "measured_makespan_s": makespan, "predicted_makespan_s": predicted, "error": error}
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text("\n".join([
+        f"# skyreels plan --config {report['config']} --burst {args.burst}, against the app on this machine", "",
+        f"`{report['command']}` (Ray {ray.__version__}, 2-core VM). Wall seconds at the config's time factor "
+        f"({options.time_factor:g}).", "",
+        f"- measured makespan: {makespan:.1f} s ({report['completed']} of {args.burst} completed)",
+        f"- predicted makespan: {predicted:.1f} s", f"- error: {error:.1%}",
+        f"- orchestration per lone job (wall s, beyond the sim's holds): "
+        f"{ {k: round(v, 3) for k, v in asdict(orchestration).items()} }",
+        f"- a new Denoiser replica's start (wall s): {[round(s, 1) for s in starts.seconds]}", ""]))
+    logger.info("measured %.1f s, predicted %.1f s (error %.1f%%)", makespan, predicted, 100 * error)
+
+
+if __name__ == "__main__":
+    main()
