@@ -1,8 +1,8 @@
 """Denoiser deployment: a gang of DiT worker actors, one per GPU, in one process group.
 
 A replica owns a placement group of one bundle for itself plus `gpus_per_replica` bundles of
-{"GPU": 1} (Serve reserves it from `placement_group_bundles`); it starts one `DiTWorker` actor
-in each GPU bundle (each wraps skyreels' Ray-free `GangRank`), joins them into one
+{"GPU": 1}, or of a share of a GPU (Serve reserves it from `placement_group_bundles`); it starts one
+`DiTWorker` actor in each GPU bundle (each wraps skyreels' Ray-free `GangRank`), joins them into one
 torch.distributed group and sends them commands, request by request: every command goes to the
 ranks it declares, and rank 0 answers. With `decode` on, the gang also decodes its videos (the
 parallel VAE over its ranks) and stores them. A lost worker poisons the gang: the request fails
@@ -47,10 +47,14 @@ HEALTH_CHECK_TIMEOUT_S = 30.0
 
 
 def gang_bundles(
-    gpus_per_replica: int, replica_cpus: float, worker_cpus: float, reserve_gpus: bool
+    gpus_per_replica: int, replica_cpus: float, worker_cpus: float, reserve_gpus: bool, gpu_fraction: float = 1.0
 ) -> list[dict[str, float]]:
-    """Bundle 0 holds the replica actor itself; one bundle per worker follows, {"GPU": 1} each on GPUs."""
-    worker = {"CPU": worker_cpus} | ({"GPU": 1} if reserve_gpus else {})
+    """Bundle 0 holds the replica actor itself; one bundle per worker follows, {"GPU": gpu_fraction} each on GPUs
+    (below 1, the rest of each GPU is left to fractional stage replicas)."""
+    if not 0.5 < gpu_fraction <= 1:
+        # Ray packs fractional bundles best-fit: two of 0.5 or less would put two ranks on one GPU
+        raise ValueError(f"gpu_fraction must be above 0.5 and at most 1, not {gpu_fraction}")
+    worker = {"CPU": worker_cpus} | ({"GPU": gpu_fraction} if reserve_gpus else {})
     return [{"CPU": replica_cpus}] + [worker] * gpus_per_replica
 
 
@@ -101,9 +105,11 @@ class Denoiser:
         sequence_batch: bool = False,
         artifact_url: str | None = None,
         hang_timeout_s: float = 600.0,
+        gpu_fraction: float = 1.0,
     ) -> None:
         """With an `artifact_url` the gang also decodes (decode_to_storage): every rank loads the VAE.
-        `hang_timeout_s`: the watchdog's limit on the silence between two answers of the gang."""
+        `hang_timeout_s`: the watchdog's limit on the silence between two answers of the gang. `gpu_fraction`: the
+        share of its bundle's GPU each worker asks for, as gang_bundles reserved it."""
         placement_group = get_current_placement_group()
         if placement_group is None or len(placement_group.bundle_specs) != gpus_per_replica + 1:
             raise RuntimeError(
@@ -122,7 +128,7 @@ class Denoiser:
             worker_class.options(
                 name=f"DiTWorker:{replica}:{rank}",
                 num_cpus=worker_cpus,
-                num_gpus=1 if reserve_gpus else 0,
+                num_gpus=gpu_fraction if reserve_gpus else 0,
                 max_concurrency=2,  # `cancel` must get through while `run` runs
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group, placement_group_bundle_index=rank + 1

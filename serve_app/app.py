@@ -64,6 +64,17 @@ class AppConfig(StageConfig):
         description="Reserve a GPU for each DiT worker (default: when device is cuda). True on a CPU host with "
         "fake GPU resources exercises the GPU scheduling path.",
     )
+    worker_gpu_fraction: float = Field(
+        1.0, gt=0.5, le=1, description="The share of its GPU each DiT worker reserves from Ray (its bundle's "
+        "{'GPU': fraction}); needs reserved GPUs (device cuda, or reserve_gpus). Below 1, the rest of each gang GPU "
+        "takes TextEncoder or Vae replicas whose ray_actor_options.num_gpus is a fraction (e.g. 0.25): Ray packs "
+        "them onto a gang GPU and shows them that GPU alone. A share is Ray's bookkeeping, not a memory limit: a "
+        "worker still holds its whole DiT (26 GB in bf16 on every rank, plus activations and, with decode_on gang, "
+        "the VAE), and each replica beside it adds its own (TextEncoder: LLaMA-3-8B + CLIP-L, 15 GB; Vae: 0.5 GB "
+        "plus a decode's activations), so co-locate on 80 GB GPUs and set gpu_type to have the startup check the "
+        "sum. Above 0.5: Ray packs fractional bundles best-fit, so two workers of one gang at 0.5 would share a "
+        "GPU. `skyreels preflight --config` refuses a config whose fractional replicas cannot all fit beside one "
+        "worker.")
     database_path: str = Field(
         "/tmp/skyreels-serve/jobs.sqlite3", description="SQLite file of the job records and queue, when "
         "database_url is not set: for one ingress replica.")
@@ -139,6 +150,18 @@ class AppConfig(StageConfig):
                              f"({self.job_lease_s})")
         return self
 
+    @property
+    def reserves_gpus(self) -> bool:
+        """Whether each DiT worker reserves (a share of) a GPU from Ray."""
+        return self.device == "cuda" if self.reserve_gpus is None else self.reserve_gpus
+
+    @model_validator(mode="after")
+    def _gpu_fraction_needs_gpus(self) -> AppConfig:
+        if self.worker_gpu_fraction < 1 and not self.reserves_gpus:
+            raise ValueError(f"worker_gpu_fraction={self.worker_gpu_fraction:g} needs workers that reserve GPUs: "
+                             "device cuda, or reserve_gpus true")
+        return self
+
     @model_validator(mode="after")
     def _adapters_can_run(self) -> AppConfig:
         refusal = unsupported_with(self.optimize) if self.lora_url is not None else None
@@ -153,7 +176,7 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         report = refuse_if_too_big(config, gpu_type(config.gpu_type), GenerationRequest(prompt="preflight"))
         logger.info("preflight: %s", report.verdict())
     stage_config = StageConfig(**config.model_dump(include=set(StageConfig.model_fields)))
-    reserve_gpus = config.device == "cuda" if config.reserve_gpus is None else config.reserve_gpus
+    reserve_gpus = config.reserves_gpus
     text = serve.deployment(TextEncoder, name="TextEncoder", ray_actor_options={"num_cpus": 0.25},
                             max_ongoing_requests=config.text_batch_size)
     vae = serve.deployment(Vae, name="Vae", ray_actor_options={"num_cpus": 0.25})
@@ -161,7 +184,8 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
         Denoiser,
         name="Denoiser",
         ray_actor_options={"num_cpus": 0.1},
-        placement_group_bundles=gang_bundles(config.gpus_per_replica, 0.1, config.worker_cpus, reserve_gpus),
+        placement_group_bundles=gang_bundles(config.gpus_per_replica, 0.1, config.worker_cpus, reserve_gpus,
+                                             config.worker_gpu_fraction),
         placement_group_strategy="STRICT_PACK",  # one node: NCCL over NVLink, not the network
         max_ongoing_requests=2,
         health_check_period_s=2,
@@ -173,7 +197,8 @@ def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     return ingress.bind(
         text.bind(stage_config, config.text_batch_size),
         denoiser.bind(stage_config, config.gpus_per_replica, config.worker_cpus, reserve_gpus, config.sequence_batch,
-                      config.artifact_url if decode_on_gang else None, config.gang_hang_timeout_s),
+                      config.artifact_url if decode_on_gang else None, config.gang_hang_timeout_s,
+                      config.worker_gpu_fraction),
         vae.bind(stage_config, config.artifact_url),
         stage_config.served_models,
         config.database_path,

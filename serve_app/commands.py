@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from skyreels.cli import add_device_flags, add_field_flag, default_dtype, resolve_device
 from skyreels.request import GenerationRequest
@@ -83,7 +83,18 @@ def preflight_config(path: Path, gpu: GpuType, request: GenerationRequest) -> Pr
     document = yaml.safe_load(Path(path).read_text())
     for application in document.get("applications", []):
         if application.get("import_path") == APP_IMPORT_PATH:
-            stage_gpus = {deployment["name"]: deployment.get("ray_actor_options", {}).get("num_gpus", 0)
-                          for deployment in application.get("deployments", []) if deployment["name"] in STAGES}
-            return app_preflight(AppConfig.model_validate(application.get("args") or {}), gpu, request, stage_gpus)
+            stages = [deployment for deployment in application.get("deployments", []) if deployment["name"] in STAGES]
+            stage_gpus = {stage["name"]: stage.get("ray_actor_options", {}).get("num_gpus", 0) for stage in stages}
+            stage_replicas = {stage["name"]: most_replicas(stage) for stage in stages}
+            return app_preflight(AppConfig.model_validate(application.get("args") or {}), gpu, request, stage_gpus,
+                                 stage_replicas)
     raise ValueError(f"{path}: no application with import_path {APP_IMPORT_PATH}")
+
+
+def most_replicas(deployment: dict[str, Any]) -> int:
+    """The most replicas a Serve config's `deployments:` entry may run (1 when it leaves the count to Serve)."""
+    autoscaling = deployment.get("autoscaling_config") or {}
+    if "max_replicas" in autoscaling:
+        return int(autoscaling["max_replicas"])
+    replicas = deployment.get("num_replicas", 1)
+    return replicas if isinstance(replicas, int) else 1

@@ -29,11 +29,13 @@ STAGES = {"TextEncoder", "Denoiser", "Vae", "VideoIngress"}
 DIT_HEADS = 24  # HunyuanVideo attention heads: the Ulysses degree must divide this
 HEAD_NODE = "node:__internal_head__"
 
-SERVE_FILES = ["serve_config.local.yaml", "serve_config.sim.yaml", "serve_config.gpu1.yaml", "serve_config.gpu8.yaml"]
+SERVE_FILES = ["serve_config.local.yaml", "serve_config.sim.yaml", "serve_config.gpu1.yaml", "serve_config.gpu8.yaml",
+               "serve_config.hetero.yaml"]
 LAUNCHER_FILES = ["aws.yaml", "gcp.yaml"]
 KUBERAY_FILE = "kuberay-rayservice.yaml"
 GPUS_PER_NODE = {"serve_config.local.yaml": 0, "serve_config.sim.yaml": 0, "serve_config.gpu1.yaml": 1,
-                 "serve_config.gpu8.yaml": 8}
+                 "serve_config.gpu8.yaml": 8, "serve_config.hetero.yaml": 8}
+L4 = "accelerator_type:L4"  # the resource Ray gives a node with L4 GPUs, which accelerator_type: L4 asks for
 
 
 def _load(name: str) -> dict:
@@ -244,6 +246,40 @@ def test_gpu8_arithmetic(name):
         assert _gpus(deployments[stage]) == 0 or _replicas(deployments[stage], "max") <= max_gangs * (8 - gang)
 
 
+def test_hetero_puts_the_gangs_on_8_gpu_nodes_and_the_stages_on_l4s():
+    config = SERVE_CONFIGS["serve_config.hetero.yaml"]
+    args, deployments = _args(config), _deployments(config)
+    assert (args["device"], args["gpus_per_replica"], args["decode_on"]) == ("cuda", 8, "vae")
+    assert args["artifact_url"].startswith(("s3://", "gs://")), "the Vae (L4 node) writes what the head serves"
+    for stage in ("TextEncoder", "Vae"):
+        options = deployments[stage]["ray_actor_options"]
+        # a whole L4 each, given by Ray (its CUDA_VISIBLE_DEVICES): no NOSET, no share of a gang GPU
+        assert _gpus(deployments[stage]) == 1 and options["accelerator_type"] == "L4"
+        assert "runtime_env" not in options
+    vae = AutoscalingConfig.model_validate(deployments["Vae"]["autoscaling_config"])
+    assert vae.min_replicas == 1 < vae.max_replicas and vae.target_ongoing_requests == 1
+    assert deployments["Vae"]["max_ongoing_requests"] == 1
+    assert deployments["Denoiser"]["autoscaling_config"] == _deployments(
+        SERVE_CONFIGS["serve_config.gpu8.yaml"])["Denoiser"]["autoscaling_config"]
+    assert args["max_running_jobs"] > 2 * _replicas(deployments["Denoiser"], "max")
+    assert "# planner table: (filled in by skyreels plan)" in (CLUSTER / "serve_config.hetero.yaml").read_text()
+
+
+@pytest.mark.parametrize("name", SERVE_CONFIGS)
+def test_gpu_shares_fit_beside_a_worker(name):
+    """The shares of a GPU that the workers and the fractional stage replicas ask of Ray add up, as the app's
+    preflight counts them (serve_app.preflight.place_stages, without playing anything)."""
+    preflight = pytest.importorskip("serve_app.preflight")
+    commands = pytest.importorskip("serve_app.commands")
+
+    config = SERVE_CONFIGS[name]
+    stages = [d for d in _deployments(config).values() if d["name"] in preflight.STAGES]
+    placement = preflight.place_stages(_args(config).get("worker_gpu_fraction", 1.0),
+                                       {d["name"]: _gpus(d) for d in stages},
+                                       {d["name"]: commands.most_replicas(d) for d in stages})
+    assert placement.gpu0_share <= 1
+
+
 def test_kuberay_serve_config_is_gpu8_with_cluster_storage():
     gpu8 = SERVE_CONFIGS["serve_config.gpu8.yaml"]
     embedded = _kuberay_serve_config()
@@ -309,7 +345,9 @@ def test_kuberay_manifest_shape():
     assert cluster["rayVersion"] == ray.__version__
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in head["resources"].get("limits", {})
-    (workers,) = cluster["workerGroupSpecs"]
+    groups = {group["groupName"]: group for group in cluster["workerGroupSpecs"]}
+    assert set(groups) == {"gpu-8x", "gpu-l4"}
+    workers = groups["gpu-8x"]
     container = workers["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert container["resources"]["requests"]["nvidia.com/gpu"] == 8
@@ -321,6 +359,24 @@ def test_kuberay_manifest_shape():
     db = Path(_args(_kuberay_serve_config())["database_path"])
     mounts = [Path(m["mountPath"]) for m in head.get("volumeMounts", [])]
     assert any(db.is_relative_to(m) for m in mounts)
+
+
+def test_kuberay_l4_group_serves_the_hetero_stages():
+    """The second worker group: one-L4 pods on L4 nodes, which the in-tree autoscaler (reading the group as Ray's
+    KubeRay autoscaler does) knows to give accelerator_type L4, from 0 pods up to the hetero stages' replicas."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _get_ray_resources_from_group_spec
+
+    (l4,) = [g for g in _rayservice()["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "gpu-l4"]
+    spec = l4["template"]["spec"]
+    assert spec["nodeSelector"], "a one-GPU pod must not land on an 8-GPU node"
+    limits = spec["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 1
+    resources = _get_ray_resources_from_group_spec(l4, is_head=False)
+    assert resources["GPU"] == 1 and resources[L4] == 1
+    hetero = _deployments(SERVE_CONFIGS["serve_config.hetero.yaml"])
+    assert resources["CPU"] >= max(hetero[s]["ray_actor_options"]["num_cpus"] for s in ("TextEncoder", "Vae"))
+    assert l4["minReplicas"] == 0 <= l4["replicas"]
+    assert l4["maxReplicas"] >= _replicas(hetero["TextEncoder"], "max") + _replicas(hetero["Vae"], "max")
 
 
 # --------------------------------------------------------------------------- cluster launcher
@@ -349,10 +405,22 @@ def test_launcher_layout(name):
     head = types[config["head_node_type"]]
     assert head["resources"].get("GPU", 0) == 0, "the head node is CPU only"
     gpu_types = {k: v for k, v in types.items() if v["resources"].get("GPU", 0) > 0}
-    assert gpu_types and all(t["resources"]["GPU"] == 8 for t in gpu_types.values())
     assert all(t.get("min_workers", 0) == 0 for t in gpu_types.values()), "GPU nodes come on demand"
+    # The gang nodes (8 GPUs: one gang each), and the L4 nodes of serve_config.hetero.yaml's stages, which
+    # declare the accelerator_type resource so that the autoscaler knows which type to start for them.
+    gang_types = {k: v for k, v in gpu_types.items() if L4 not in v["resources"]}
+    l4_types = {k: v for k, v in gpu_types.items() if L4 in v["resources"]}
+    assert gang_types and all(t["resources"]["GPU"] == 8 for t in gang_types.values())
+    assert len(l4_types) == 1
+    (l4,) = l4_types.values()
+    hetero = SERVE_CONFIGS["serve_config.hetero.yaml"]
+    stages = _deployments(hetero)
+    assert l4["resources"]["GPU"] < _args(hetero)["gpus_per_replica"], "a gang must not fit an L4 node"
+    assert l4["resources"]["CPU"] >= max(stages[s]["ray_actor_options"]["num_cpus"] for s in ("TextEncoder", "Vae"))
+    l4_stages = _replicas(stages["TextEncoder"], "max") + _replicas(stages["Vae"], "max")
+    assert l4["max_workers"] >= l4_stages
     denoiser = _deployments(SERVE_CONFIGS["serve_config.gpu8.yaml"])["Denoiser"]
-    assert config["max_workers"] >= _replicas(denoiser, "max")
+    assert config["max_workers"] >= _replicas(denoiser, "max") + l4_stages
     assert config["head_start_ray_commands"] and config["worker_start_ray_commands"]
     import ray
 
@@ -375,7 +443,7 @@ GPU0_WEIGHTS_GB = (12.82 + 7.50 + 0.12 + 0.25) * 2
 def test_launcher_gpus_hold_what_gpu8_puts_on_the_first_one(name):
     types = _load(name)["available_node_types"].values()
     machines = [t["node_config"].get("InstanceType") or t["node_config"].get("machineType")
-                for t in types if t["resources"].get("GPU", 0) > 0]
+                for t in types if t["resources"].get("GPU", 0) == 8]
     assert machines and all(GPU_MEMORY_GB[machine] > 1.5 * GPU0_WEIGHTS_GB for machine in machines), machines
 
 
