@@ -3,7 +3,7 @@
     python benchmarks/plan_burst.py            # about 3 minutes on 2 cores
 
 Deploys cluster/serve_config.sim.yaml on a local Ray (as `serve run` does), measures what Ray and Serve add to a
-lone job's stage calls here and how long a new Denoiser replica takes to start, then submits N jobs at once and
+lone job's stage calls here (from its trace) and how long a new Denoiser replica takes to start, then submits N jobs at once and
 times the makespan (first submit to last completion). The planner predicts the same config with those two
 measurements. Writes benchmarks/results/plan_burst.{json,md}; the measured figures are the ones
 skyreels/planner/serve_config.py keeps as SIM_LOCAL_*.
@@ -45,7 +45,8 @@ SIM_CONFIG = ROOT / "cluster" / "serve_config.sim.yaml"
 def local_config(root: Path, port: int) -> dict:
     config = yaml.safe_load(SIM_CONFIG.read_text())
     (app,) = config["applications"]
-    app["args"] |= {"database_path": str(root / "jobs.sqlite3"), "artifact_url": str(root / "artifacts")}
+    app["args"] |= {"database_path": str(root / "jobs.sqlite3"), "artifact_url": str(root / "artifacts"),
+                    "tracing": {"exporter": "file", "file_dir": str(root / "spans")}}
     return config | {"http_options": {"host": "127.0.0.1", "port": port}}
 
 
@@ -97,7 +98,7 @@ def main() -> None:
     with VideoClient(url, timeout_s=120) as client, GangStarts("skyreels") as starts:
         drain(client, [client.submit("warm-up", seed=0)["id"]])
         orchestration = measure_orchestration(client, lone, options.timings, options.time_factor, WORKLOAD_STEPS,
-                                              args.lone_jobs)
+                                              args.lone_jobs, root / "spans")
         submitted = time.time()
         ids = [client.submit(f"burst job {i}", seed=i)["id"] for i in range(args.burst)]
         jobs = drain(client, ids, timeout_s=600)

@@ -5,8 +5,9 @@ the model's run, and the error of the model's throughput, p50 and p95.
     python benchmarks/planner_validation.py --layouts mono-8 --rates 18 --jobs 10
 
 Per layout: the app (cluster/serve_config.gpu8.yaml's, on the `sim` model source, replicas fixed as
-benchmarks/bench_cluster.py lays them out) on one fake 8-GPU node; two lone jobs measure what Ray and Serve add to
-each stage call on this machine (the model's Orchestration, in wall seconds, divided by the time factor); then at
+benchmarks/bench_cluster.py lays them out, tracing to files) on one fake 8-GPU node; the traces of two lone jobs
+measure what Ray and Serve add to each stage call on this machine and the part of it that holds the replica (the
+model's Orchestration, in wall seconds, divided by the time factor); then at
 each rate, jobs arrive at seeded Poisson times (sim time) and the queue drains. The model runs the same arrival
 times through the same layout. Writes benchmarks/results/planner_validation.{md,json}.
 """
@@ -22,12 +23,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ray
 import yaml
 from bench_cluster import APP, GPU8, LAYOUTS, Layout, _coarse_profile, drain
+from job_breakdown import spans_by_job
 from ray import serve
 from sim_cluster import ClusterSpec, FakeGpuCluster, deploy
 
@@ -37,7 +40,7 @@ from skyreels.parallel.group import free_port
 from skyreels.planner.layouts import Layout as PlannedLayout
 from skyreels.planner.layouts import StagePlan
 from skyreels.planner.model import Arrival, Orchestration, ServedAppModel, quantile
-from skyreels.sim.profile import WORKLOAD, WORKLOAD_STEPS, SimProfile
+from skyreels.sim.profile import WORKLOAD, WORKLOAD_STEPS, SimProfile, mesh_of
 from skyreels.sim.source import SimOptions
 
 logger = logging.getLogger("planner_validation")
@@ -74,30 +77,42 @@ def figures(created: list[float], completed: list[float], factor: float) -> dict
             "p95_s": quantile(latency, 0.95)}
 
 
-def measure_orchestration(client: VideoClient, layout: Layout, profile: SimProfile, factor: float,
-                          steps: int, lone_jobs: int) -> Orchestration:
-    """Lone jobs: each stage call's seconds beyond what the sim holds, in wall seconds (averaged)."""
-    holds = planned(layout)
-    mesh_decode = layout.gang if layout.decode_on == "gang" else 1
-    cfg, ulysses = (2, layout.gang // 2) if layout.gang % 2 == 0 else (1, layout.gang)
-    held = {"text_encode": profile.text_encode_seconds / 2 * factor,
+def held_seconds(layout: Layout, profile: SimProfile, factor: float) -> dict[str, float]:
+    """What the sim's stages hold for one job of the workload on this layout (wall seconds)."""
+    cfg, ulysses = mesh_of(layout.gang)
+    return {"text": profile.text_encode_seconds / 2 * factor,
             "denoise": WORKLOAD_STEPS * profile.step_seconds(WORKLOAD, cfg, ulysses) * factor,
-            "decode": profile.decode_seconds(WORKLOAD, mesh_decode) * factor}
-    samples: dict[str, list[float]] = {"text": [], "gang": [], "decode": [], "job": []}
-    for i in range(lone_jobs):
-        (job,) = drain(client, [client.submit(f"lone job {i}", seed=i, num_inference_steps=steps)["id"]])
-        metrics = job["metrics"]
-        samples["text"].append(metrics["text_encode"] - held["text_encode"])
-        samples["gang"].append(metrics["denoise"] + metrics.get("checkpoint", 0.0) - held["denoise"])
-        samples["decode"].append(metrics["decode"] - held["decode"])
-        run = job["completed_at"] - job["started_at"]
-        samples["job"].append(run - sum(metrics.get(k, 0.0) for k in ("text_encode", "denoise", "checkpoint",
-                                                                       "decode")))
+            "decode": profile.decode_seconds(WORKLOAD, layout.gang if layout.decode_on == "gang" else 1) * factor}
+
+
+def measure_orchestration(client: VideoClient, layout: Layout, profile: SimProfile, factor: float, steps: int,
+                          lone_jobs: int, span_dir: Path) -> Orchestration:
+    """Lone jobs' traces: each stage call's seconds beyond what the sim holds, in wall seconds (averaged), and the
+    part of it spent on the replica (its server span), which holds the replica from other jobs."""
+    held = held_seconds(layout, profile, factor)
+    ids = [drain(client, [client.submit(f"lone job {i}", seed=i, num_inference_steps=steps)["id"]])[0]["id"]
+           for i in range(lone_jobs)]
+    traces = spans_by_job(span_dir)
+    decode_server = "Denoiser.decode_to_storage" if layout.decode_on == "gang" else "Vae.decode_to_storage"
+    calls = {"text": ("text_encode", "TextEncoder.encode"), "gang": ("denoise", "Denoiser.denoise"),
+             "decode": ("decode", decode_server)}
+    samples: dict[str, list[float]] = defaultdict(list)
+    for job_id in ids:
+        spans = traces[job_id]
+
+        def seconds(name: str, kind: str) -> float:
+            return sum(s["seconds"] for s in spans if s["name"] == name and s["kind"].endswith(kind))
+
+        hold = {"text": held["text"], "gang": held["denoise"], "decode": held["decode"]}
+        for part, (client_name, server_name) in calls.items():
+            samples[part].append(seconds(client_name, "CLIENT") - hold[part])
+            samples[f"{part}_held"].append(seconds(server_name, "SERVER") - hold[part])
+        samples["job"].append(seconds("job", "INTERNAL") - sum(seconds(c, "CLIENT") for c, _ in calls.values()))
     wall = {name: max(0.0, statistics.fmean(values)) for name, values in samples.items()}
-    logger.info("%s (%s): orchestration per job, wall s: %s", layout.name, holds.shape(),
-                {k: round(v, 3) for k, v in wall.items()})
-    return Orchestration(text_s=wall["text"], gang_s=wall["gang"], gang_held_s=wall["gang"], decode_s=wall["decode"],
-                         decode_held_s=wall["decode"], per_job_s=wall["job"])
+    logger.info("%s: orchestration per lone job, wall s: %s", layout.name, {k: round(v, 3) for k, v in wall.items()})
+    return Orchestration(text_s=wall["text"], gang_s=wall["gang"], gang_held_s=min(wall["gang_held"], wall["gang"]),
+                         decode_s=wall["decode"], decode_held_s=min(wall["decode_held"], wall["decode"]),
+                         per_job_s=wall["job"])
 
 
 def arrivals(rate_per_hour: float, jobs: int, seed: int) -> list[float]:
@@ -119,7 +134,7 @@ def submit_at(client: VideoClient, times: list[float], factor: float, steps: int
 
 def predict(layout: Layout, profile: SimProfile, orchestration_wall: Orchestration, factor: float,
             times: list[float]) -> dict[str, float]:
-    app = planned(layout).modelled({GPU_TYPE: profile}, orchestration_wall.scaled(1 / factor))
+    app = planned(layout).modelled({GPU_TYPE: profile}, orchestration_wall.scaled(1 / factor), sim_stand_ins=True)
     outcome = ServedAppModel(app).run([Arrival(at, WORKLOAD, WORKLOAD_STEPS) for at in times])
     done = outcome.completed
     return figures([j.arrival.at_s for j in done], [j.completed_s for j in done], 1.0)
@@ -127,14 +142,17 @@ def predict(layout: Layout, profile: SimProfile, orchestration_wall: Orchestrati
 
 def run_layout(layout: Layout, args: argparse.Namespace, options: SimOptions, root: Path, port: int) -> list[Row]:
     base = yaml.safe_load(GPU8.read_text())
-    deploy(layout.config(base, root / layout.name, port, options))
+    config = layout.config(base, root / layout.name, port, options)
+    span_dir = root / layout.name / "spans"
+    config["applications"][0]["args"]["tracing"] = {"exporter": "file", "file_dir": str(span_dir)}
+    deploy(config)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, timeout_s=300)
     rows = []
     with VideoClient(url, timeout_s=120) as client:
         drain(client, [client.submit("warm-up", seed=0, num_inference_steps=args.steps)["id"]])
         orchestration = measure_orchestration(client, layout, args.timings, options.time_factor, args.steps,
-                                              args.lone_jobs)
+                                              args.lone_jobs, span_dir)
         for rate in args.rates:
             times = arrivals(rate, args.jobs, args.seed)
             ids = submit_at(client, times, options.time_factor, args.steps, f"{layout.name} at {rate}/h")
@@ -185,7 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layouts", nargs="+", default=["mono-8", "mono-2x4", "staged-6"],
                         choices=[layout.name for layout in LAYOUTS])
-    parser.add_argument("--rates", nargs="+", type=float, default=[18.0, 30.0], help="videos/hour, real-time scale")
+    parser.add_argument("--rates", nargs="+", type=float, default=[12.0, 20.0], help="videos/hour, real-time scale")
     parser.add_argument("--jobs", type=int, default=24, help="arrivals per row")
     parser.add_argument("--lone_jobs", type=int, default=2)
     parser.add_argument("--time_factor", type=float, default=0.05)

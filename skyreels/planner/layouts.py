@@ -25,7 +25,10 @@ from skyreels.sim.profile import SimProfile
 
 GANG_SIZES = (1, 2, 3, 4, 6, 8)  # AppConfig.gpus_per_replica: CFG 2 x Ulysses n/2 when even, Ulysses n (24 heads)
 GPUS_PER_NODE = 8
-COLOCATED_SHARE = 0.25  # of a gang GPU, for a co-located TextEncoder or Vae replica
+# A co-located TextEncoder and Vae take this share of a gang GPU each; the workers keep WORKER_GPU_FRACTION
+# (AppConfig.worker_gpu_fraction: above 0.5, or Ray packs two workers on one GPU), and every share fits on one GPU.
+COLOCATED_SHARE = 0.125
+WORKER_GPU_FRACTION = 0.75
 JOBS_PER_GANG = 3  # max_running_jobs per gang: one denoising, one encoding text, one decoding
 TEMPLATE = Path(__file__).resolve().parents[2] / "cluster" / "serve_config.gpu8.yaml"
 # accelerator_type names Ray gives these GPUs (ray.util.accelerators)
@@ -84,9 +87,8 @@ class Layout:
 
     @property
     def worker_gpu_fraction(self) -> float:
-        """Each gang GPU keeps a share free for one co-located replica."""
         colocated = any(s.placement == "colocated" for s in (self.text, self.vae))
-        return 1.0 - COLOCATED_SHARE if colocated else 1.0
+        return WORKER_GPU_FRACTION if colocated else 1.0
 
     def shape(self) -> str:
         parts = [f"{self.gangs} x gang of {self.gang_size} {self.gpu_type}"]
@@ -104,13 +106,11 @@ class Layout:
         precision = precision or self.precision
         stage_precision = "fp8" if precision.startswith("fp8") else "lossless"
         keys = {"text": ProcessKey(role="text_encoder", precision=stage_precision), "vae": ProcessKey(role="vae")}
-        # beside rank 0 (no GPU reserved: the shipped configs), or a share of a gang GPU: Ray packs the text
-        # encoder's on one and the Vae's on others
-        on_first = tuple(keys[name] for name, stage in (("text", self.text), ("vae", self.vae))
-                         if stage.placement == "beside" or (name == "text" and stage.placement == "colocated"))
-        on_others = (keys["vae"],) if self.vae.placement == "colocated" else ()
-        plans = {self.gpu_type: table.gang_gpus(self.gang_size, self.decode_on == "gang", precision, on_first,
-                                                on_others)}
+        # beside rank 0 with no GPU reserved (the shipped configs), or a share of a gang GPU: Ray packs shares
+        # onto the fullest GPU with room, GPU 0 at worst (serve_app.preflight.place_stages)
+        beside = tuple(keys[name] for name, stage in (("text", self.text), ("vae", self.vae))
+                       if stage.placement != "own")
+        plans = {self.gpu_type: table.gang_gpus(self.gang_size, self.decode_on == "gang", precision, beside)}
         for name, stage in (("text", self.text), ("vae", self.vae)):
             if stage.placement == "own":
                 kind = stage.gpu_type or self.gpu_type
@@ -131,7 +131,9 @@ class Layout:
 
     def modelled(self, profiles: dict[str, SimProfile], orchestration: Orchestration | None = None,
                  autoscale: dict[str, Autoscaling] | None = None, max_nodes: dict[str, int] | None = None,
-                 **options: Any) -> ModelledApp:
+                 sim_stand_ins: bool = False, **options: Any) -> ModelledApp:
+        """`sim_stand_ins`: the layout runs on the sim's stand-ins, which sleep instead of taking GPU time (a
+        stage beside a gang rank does not slow it)."""
         autoscale = autoscale or {}
         text_type, vae_type = (s.gpu_type or self.gpu_type for s in (self.text, self.vae))
         kinds = {self.gpu_type, text_type, vae_type}
@@ -141,9 +143,11 @@ class Layout:
             gang=StageSpec(replicas=self.gangs, gpus=self.gang_size, autoscaling=autoscale.get("Denoiser"),
                            load_s=GANG_LOAD_S),
             text=StageSpec(replicas=self.text.replicas, gpus=self.text.gpus, max_ongoing_requests=16,
-                           autoscaling=autoscale.get("TextEncoder"), load_s=STAGE_LOAD_S, gpu_type=text_type),
+                           autoscaling=autoscale.get("TextEncoder"), load_s=STAGE_LOAD_S, gpu_type=text_type,
+                           shares_gang_gpu=self.text.placement != "own" and not sim_stand_ins),
             vae=StageSpec(replicas=self.vae.replicas, gpus=self.vae.gpus, autoscaling=autoscale.get("Vae"),
-                          load_s=STAGE_LOAD_S, gpu_type=vae_type),
+                          load_s=STAGE_LOAD_S, gpu_type=vae_type,
+                          shares_gang_gpu=self.vae.placement != "own" and not sim_stand_ins),
             decode_on=self.decode_on, profiles={kind: profiles[kind] for kind in kinds},
             gang_gpu_type=self.gpu_type, max_running_jobs=JOBS_PER_GANG * most_gangs,
             gpus_per_node=dict.fromkeys(kinds, GPUS_PER_NODE), max_nodes=max_nodes, node_start_s=NODE_START_S,
@@ -197,10 +201,9 @@ def candidates(gpus: int, gpu_type: str, pool: dict[str, int] | None = None) -> 
         gangs = gpus // size
         layouts.append(Layout(f"mono-{size}x{gangs}", gpu_type, size, gangs, "gang",
                               about="monolithic: every stage on the gangs' GPUs"))
-        if size > 1:  # a share of GPU 0 for the text encoder, of the others for the Vae replicas
-            layouts.append(Layout(f"coloc-{size}x{gangs}", gpu_type, size, gangs, "vae",
-                                  text=StagePlan(1, "colocated"), vae=StagePlan(gangs, "colocated"),
-                                  about="Vae replicas on a share of the gang GPUs decode while the gang denoises"))
+        layouts.append(Layout(f"coloc-{size}x{gangs}", gpu_type, size, gangs, "vae",
+                              text=StagePlan(1, "colocated"), vae=StagePlan(1, "colocated"),
+                              about="a Vae on a share of a gang GPU decodes while the gang denoises"))
         for vaes in (1, 2, 3):
             rest = gpus - 1 - vaes
             if rest >= size and rest % size == 0:

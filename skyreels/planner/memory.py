@@ -84,19 +84,15 @@ class MemoryTable:
         process = self._by_key[key.model_copy(update={"world_size": played_world})]
         return Tenant(label, process.memory(key.world_size))
 
-    def gang_gpus(self, world_size: int, decode: bool, precision: Precision, on_first: tuple[ProcessKey, ...] = (),
-                  on_others: tuple[ProcessKey, ...] = ()) -> tuple[GpuPlan, ...]:
-        """A gang's GPUs: rank 0 with the stages beside it, and the other ranks with theirs (on rank 0's GPU too
-        in a gang of one)."""
+    def gang_gpus(self, world_size: int, decode: bool, precision: Precision,
+                  beside: tuple[ProcessKey, ...] = ()) -> tuple[GpuPlan, ...]:
+        """A gang's GPUs: rank 0 with the stages beside it on its GPU, and the other ranks."""
         rank = self.tenant(ProcessKey(role="gang_rank", world_size=world_size, decode=decode, precision=precision),
                            "rank 0")
-        if world_size == 1:
-            on_first, on_others = on_first + on_others, ()
-        first = GpuPlan("GPU 0", (rank, *(self.tenant(key, key.role) for key in on_first)))
+        first = GpuPlan("GPU 0", (rank, *(self.tenant(key, key.role) for key in beside)))
         if world_size == 1:
             return (first,)
-        others = (Tenant("rank 1", rank.memory), *(self.tenant(key, key.role) for key in on_others))
-        return first, GpuPlan(other_ranks(world_size), others)
+        return first, GpuPlan(other_ranks(world_size), (Tenant("rank 1", rank.memory),))
 
     def stage_gpu(self, key: ProcessKey) -> GpuPlan:
         return GpuPlan(f"{key.role}'s GPU", (self.tenant(key, key.role),))

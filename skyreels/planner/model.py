@@ -83,6 +83,9 @@ class StageSpec:
     autoscaling: Autoscaling | None = None
     load_s: float = 0.0  # a new replica's start and model load
     gpu_type: str = ""  # the node pool it runs on ("" : the gang's)
+    # On a gang's GPU (beside rank 0, or a share of a gang GPU): its kernels and the rank's take turns on the GPU
+    # (time slices of separate CUDA contexts), and the gang waits for its slowest rank: a call holds the gang.
+    shares_gang_gpu: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,7 @@ class Deployment:
         self.history: list[tuple[float, int]] = []
         self.replica_gpu_seconds = 0.0
         self._samples: deque[tuple[float, int]] = deque()
+        self.host_of: Callable[[Replica], Replica | None] | None = None  # the gang whose GPU it shares
         self._want_since: dict[str, float | None] = {"up": None, "down": None}
         for _ in range(spec.replicas):
             self.add_replica(ready=True)
@@ -271,7 +275,13 @@ class Deployment:
         replica: Replica = yield assigned
         with replica.lock.request() as turn:
             yield turn
-            yield self.env.timeout(seconds(replica) + held_extra_s)
+            host = self.host_of(replica) if self.host_of is not None else None
+            if host is None:
+                yield self.env.timeout(seconds(replica) + held_extra_s)
+            else:
+                with host.lock.request() as gang_turn:
+                    yield gang_turn
+                    yield self.env.timeout(seconds(replica) + held_extra_s)
         replica.ongoing -= 1
         self._route()
         return replica
@@ -336,6 +346,9 @@ class ServedAppModel:
         self.gangs = Deployment(self.env, "Denoiser", app.gang, gang_type, self.cluster)
         self.vae = Deployment(self.env, "Vae", app.vae, app.vae.gpu_type or gang_type, self.cluster)
         self.deployments = (self.text, self.gangs, self.vae)
+        for stage in (self.text, self.vae):
+            if stage.spec.shares_gang_gpu:
+                stage.host_of = self._host_gang
         self.queue: list[JobRecord] = []
         self.reruns: set[int] = set()
         self.running = 0
@@ -343,6 +356,14 @@ class ServedAppModel:
         self.running_models: list[str] = []
         self.records: list[JobRecord] = []
         self._claim = self.env.event()
+
+    def _host_gang(self, replica: Replica) -> Replica | None:
+        """The gang whose GPU a stage replica shares: the i-th replica is on the i-th gang's node."""
+        for deployment in (self.text, self.vae):
+            if replica in deployment.replicas:
+                gangs = [gang for gang in self.gangs.replicas if gang.ready]
+                return gangs[deployment.replicas.index(replica) % len(gangs)] if gangs else None
+        return None
 
     # ------------------------------------------------------------------ the queue and the runner
 

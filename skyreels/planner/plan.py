@@ -107,7 +107,10 @@ def plan(fleet: Fleet, traffic: Traffic, table: MemoryTable | None = None,
             continue
         outcome = ServedAppModel(modelled(layout, traffic, profiles, orchestration)).run(arrivals)
         predictions.append(summarize(layout, outcome, traffic, fleet))
-    return sorted(predictions, key=lambda p: (not p.meets_target, not p.keeps_up, p.dollars_per_video, p.p95_s))
+    # those that meet the target by cost; the others by how close they come
+    return sorted(predictions, key=lambda p: (not p.meets_target, not p.keeps_up,
+                                              0.0 if p.meets_target else -(p.slo_attainment or 0.0),
+                                              p.dollars_per_video, p.p95_s))
 
 
 def markdown(predictions: list[Prediction], traffic: Traffic) -> str:

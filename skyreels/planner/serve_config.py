@@ -68,7 +68,9 @@ def read(path: Path, orchestration: Orchestration | None = None, gang_start_s: f
             look_back_s=scaling.get("look_back_period_s", SERVE_LOOK_BACK_S) / factor)
         replicas = autoscaling.min_replicas if autoscaling else deployment.get("num_replicas", 1)
         return StageSpec(replicas=replicas, gpus=gpus, autoscaling=autoscaling, load_s=load_s,
-                         max_ongoing_requests=deployment.get("max_ongoing_requests", default_ongoing))
+                         max_ongoing_requests=deployment.get("max_ongoing_requests", default_ongoing),
+                         # on a gang GPU's share on GPUs (the sim's stand-ins take no GPU time)
+                         shares_gang_gpu=name != "Denoiser" and gpus < 1 and sim is None)
 
     def stage_gpus(name: str) -> float:
         return float(deployments.get(name, {}).get("ray_actor_options", {}).get("num_gpus", 0) or 0)
