@@ -31,7 +31,7 @@ from serve_app.metrics import JobMetrics
 from serve_app.runner import JobPolicy, JobRunner, QueueFull
 from serve_app.schemas import ErrorCode, Job, JobStatus
 from serve_app.store import StoreUnavailable, open_store
-from skyreels.artifacts import ArtifactStore
+from skyreels.artifacts import VIDEO, ArtifactStore
 from skyreels.models import SERVED_MODEL_IDS
 from skyreels.parallel.group import free_port
 from skyreels.request import Task
@@ -41,6 +41,7 @@ POLICY = JobPolicy(max_queued_jobs=200, max_running_jobs=4, max_attempts=3, job_
                    job_lease_s=1.0, job_heartbeat_s=0.1, queue_poll_s=0.05)
 TIMEOUT_S = 60
 SERVE_TIMEOUT_S = 120
+SERVED_LEASE_S = 3.0  # the job lease of the app through Serve
 T2V_ID, I2V_ID = SERVED_MODEL_IDS[Task.T2V], SERVED_MODEL_IDS[Task.I2V]
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "cluster" / "observability"
 
@@ -245,6 +246,7 @@ class ServedReplicas:
     url: str
     database_url: str
     trace_dir: Path  # the app's spans (tracing: the file exporter), one file per process
+    artifact_dir: Path  # the jobs' videos
 
 
 @pytest.fixture(scope="module")
@@ -259,10 +261,10 @@ def served_replicas(ray_local: int, postgres_server, tmp_path_factory: pytest.Te
     sim = "sim?time_factor=0.01"
     database_url, trace_dir = postgres_server.new_database(), tmp_path_factory.mktemp("spans")
     app = deploy(ray_local, tmp_path_factory.mktemp("replicas"), "replicas", "/replicas", model=sim, i2v_model=sim,
-                 database_url=database_url, ingress_replicas=2, max_running_jobs=3, job_lease_s=3.0,
+                 database_url=database_url, ingress_replicas=2, max_running_jobs=3, job_lease_s=SERVED_LEASE_S,
                  job_heartbeat_s=0.5, queue_poll_s=0.1, tracing={"exporter": "file", "file_dir": str(trace_dir)})
     try:
-        yield ServedReplicas(app.url, database_url, trace_dir)
+        yield ServedReplicas(app.url, database_url, trace_dir, app.artifact_dir)
     finally:
         serve.delete(app.name)
 
@@ -498,3 +500,76 @@ def test_a_job_is_one_trace_across_the_processes_of_its_stages(scenario: Scenari
         assert parent(by_name[name])["name"] == caller and parent(parent(by_name[name]))["name"] == "job"
     assert parent(by_name["DiTWorker.Denoise"])["name"] == "Denoiser.denoise"
     assert by_name["job"]["parent_id"] is None and trace_id
+
+
+# ---------------------------------------------------------------------- the database restarts under load
+# Each job holds the gang ~3 s (the sim at 1/100 of an A800), and the gang runs one at a time: four jobs span the
+# outage, which lasts until one of them has ended in it and for more than a lease.
+THROUGH_THE_OUTAGE = dict(size="960x544", num_frames=97, num_inference_steps=12)
+
+
+@pytest.mark.slow
+def test_two_ingress_replicas_ride_out_a_postgresql_restart(served_replicas: ServedReplicas,
+                                                             postgres_server) -> None:
+    import psycopg
+
+    url = served_replicas.url
+    videos = ArtifactStore(str(served_replicas.artifact_dir))
+
+    def made(ids: list[str]) -> set[str]:
+        """The jobs whose video is stored."""
+        return {job_id for job_id in ids if videos.exists(job_id, VIDEO)}
+
+    def owners(ids: list[str]) -> set[str]:
+        with psycopg.connect(served_replicas.database_url) as conn:
+            return {owner for (owner,) in conn.execute(
+                "SELECT lease_owner FROM jobs WHERE status = 'in_progress' AND id = ANY(%s)", (ids,))}
+
+    def answers_from_both(request: Callable[[], httpx.Response], status: int) -> list[httpx.Response]:
+        """`request` made until both replicas have answered it (all with `status`); the answers."""
+        answers: list[httpx.Response] = []
+        while len({answer.headers["x-ingress-replica"] for answer in answers}) < 2:
+            assert len(answers) < 40, [(a.status_code, a.headers.get("x-ingress-replica")) for a in answers]
+            answers.append(request())
+            assert answers[-1].status_code == status, answers[-1].text
+        return answers
+
+    with VideoClient(url, timeout_s=SERVE_TIMEOUT_S) as client:
+        ids = [client.submit(f"through the restart {i}", seed=30 + i, **THROUGH_THE_OUTAGE)["id"] for i in range(4)]
+        poll_until(lambda: len(owners(ids)) == 2, every_s=0.1)  # each replica runs some (at most 3 each)
+        poll_until(lambda: any(client.get(job_id)["current_step"] >= 1 for job_id in ids), every_s=0.1)
+        submitted = client.list(limit=100)["data"]
+        made_before = made(ids)
+        with postgres_server.stopped():
+            stopped_at = time.monotonic()
+            with pytest.raises(psycopg.OperationalError):  # down indeed (pg_ctl's failures are not checked)
+                psycopg.connect(served_replicas.database_url, connect_timeout=5).close()
+            refused = answers_from_both(lambda: httpx.post(f"{url}/v1/videos", json={
+                "prompt": "during the outage", **SMALL}, timeout=SERVE_TIMEOUT_S), 503)
+            assert all(int(answer.headers["retry-after"]) > 0 for answer in refused)
+            assert {answer.json()["error"]["code"] for answer in refused} == {"store_unavailable"}
+            ready = httpx.get(f"{url}/readyz", timeout=SERVE_TIMEOUT_S)
+            assert ready.status_code == 503 and ready.json()["store"] is False
+            # a run ends while the store is away, and the leases of the others go stale
+            poll_until(lambda: made(ids) - made_before and time.monotonic() > stopped_at + 1.5 * SERVED_LEASE_S,
+                       timeout_s=30, every_s=0.1)
+            ended_in_the_outage = made(ids) - made_before
+        back = time.time()
+        ends = {job_id: client.wait(job_id, timeout_s=SERVE_TIMEOUT_S, raise_on_failure=False) for job_id in ids}
+        reads = answers_from_both(lambda: httpx.get(f"{url}/v1/videos/{ids[0]}", timeout=SERVE_TIMEOUT_S), 200)
+        after = [client.submit(f"after the restart {i}", seed=40 + i, **SMALL)["id"] for i in range(2)]
+        after_ends = [client.wait(job_id, timeout_s=SERVE_TIMEOUT_S, raise_on_failure=False) for job_id in after]
+        listed = client.list(limit=100)["data"]
+        videos_kept = [client.content(job_id) for job_id in ids]
+
+    assert [end["status"] for end in ends.values()] == ["completed"] * 4
+    # one run each: the runs went on through the outage (their progress unrecorded), their ends waited for the
+    # store, and no replica took over the other's runs for the leases that went stale meanwhile
+    assert all([a["error"] for a in end["attempts"]] == [None] for end in ends.values())
+    assert all(ends[job_id]["completed_at"] < back for job_id in ended_in_the_outage)  # recorded as it ended
+    assert all(video for video in videos_kept)
+    # nothing lost, nothing added by the refused submits; both replicas answer and take work again
+    assert {job["id"] for job in listed} == {job["id"] for job in submitted} | set(after)
+    assert {answer.headers["x-ingress-replica"] for answer in reads} == {
+        answer.headers["x-ingress-replica"] for answer in refused}
+    assert [end["status"] for end in after_ends] == ["completed"] * 2
