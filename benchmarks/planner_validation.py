@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import ray
@@ -133,8 +133,9 @@ def submit_at(client: VideoClient, times: list[float], factor: float, steps: int
 
 
 def predict(layout: Layout, profile: SimProfile, orchestration_wall: Orchestration, factor: float,
-            times: list[float]) -> dict[str, float]:
+            times: list[float], max_running_jobs: int) -> dict[str, float]:
     app = planned(layout).modelled({GPU_TYPE: profile}, orchestration_wall.scaled(1 / factor), sim_stand_ins=True)
+    app = replace(app, max_running_jobs=max_running_jobs)  # the deployed config's
     outcome = ServedAppModel(app).run([Arrival(at, WORKLOAD, WORKLOAD_STEPS) for at in times])
     done = outcome.completed
     return figures([j.arrival.at_s for j in done], [j.completed_s for j in done], 1.0)
@@ -160,7 +161,8 @@ def run_layout(layout: Layout, args: argparse.Namespace, options: SimOptions, ro
             measured = figures([j["created_at"] for j in jobs], [j["completed_at"] for j in jobs],
                                options.time_factor)
             row = Row(layout.name, rate, len(jobs), measured,
-                      predict(layout, args.timings, orchestration, options.time_factor, times))
+                      predict(layout, args.timings, orchestration, options.time_factor, times,
+                              config["applications"][0]["args"]["max_running_jobs"]))
             logger.info("%s at %g/h: measured %s predicted %s", layout.name, rate,
                         {k: round(v, 1) for k, v in row.measured.items()},
                         {k: round(v, 1) for k, v in row.predicted.items()})

@@ -29,7 +29,7 @@ GPUS_PER_NODE = 8
 # (AppConfig.worker_gpu_fraction: above 0.5, or Ray packs two workers on one GPU), and every share fits on one GPU.
 COLOCATED_SHARE = 0.125
 WORKER_GPU_FRACTION = 0.75
-JOBS_PER_GANG = 3  # max_running_jobs per gang: one denoising, one encoding text, one decoding
+JOBS_PER_GANG = 2  # max_running_jobs per gang (one denoising, one encoding text), plus one per decoding Vae
 TEMPLATE = Path(__file__).resolve().parents[2] / "cluster" / "serve_config.gpu8.yaml"
 # accelerator_type names Ray gives these GPUs (ray.util.accelerators)
 ACCELERATOR_TYPES = {"H100-80GB": "H100", "H200-141GB": "H200", "A100-80GB": "A100-80G", "A800-80GB": "A800",
@@ -80,6 +80,12 @@ class Layout:
                 kind = stage.gpu_type or self.gpu_type
                 counts[kind] = counts.get(kind, 0) + stage.replicas
         return counts
+
+    def running_jobs(self, gangs: int | None = None) -> int:
+        """max_running_jobs: enough for every gang and every decoding Vae to be busy, and a job encoding text."""
+        gangs = self.gangs if gangs is None else gangs
+        decoders = self.vae.replicas if self.decode_on == "vae" else gangs
+        return JOBS_PER_GANG * gangs + decoders
 
     @property
     def total_gpus(self) -> int:
@@ -149,7 +155,7 @@ class Layout:
                           load_s=STAGE_LOAD_S, gpu_type=vae_type,
                           shares_gang_gpu=self.vae.placement != "own" and not sim_stand_ins),
             decode_on=self.decode_on, profiles={kind: profiles[kind] for kind in kinds},
-            gang_gpu_type=self.gpu_type, max_running_jobs=JOBS_PER_GANG * most_gangs,
+            gang_gpu_type=self.gpu_type, max_running_jobs=self.running_jobs(most_gangs),
             gpus_per_node=dict.fromkeys(kinds, GPUS_PER_NODE), max_nodes=max_nodes, node_start_s=NODE_START_S,
             orchestration=orchestration or Orchestration(),
             # model-level offload brings the DiT over PCIe for every job (as a weight swap does)
@@ -164,7 +170,7 @@ class Layout:
         (app,) = config["applications"]
         args = app["args"]
         args.update(gpus_per_replica=self.gang_size, decode_on=self.decode_on, gpu_type=self.gpu_type,
-                    max_running_jobs=JOBS_PER_GANG * self.gangs)
+                    max_running_jobs=self.running_jobs())
         args["optimize"] = args.get("optimize", {}) | {
             "quant": "fp8" if self.precision.startswith("fp8") else "none",
             "offload": self.precision.endswith("offload")}

@@ -16,12 +16,13 @@ from typing import Any
 import yaml
 
 from skyreels.planner.hardware import profile_for
-from skyreels.planner.layouts import GANG_LOAD_S, JOBS_PER_GANG, STAGE_LOAD_S
+from skyreels.planner.layouts import GANG_LOAD_S, STAGE_LOAD_S
 from skyreels.planner.model import Autoscaling, ModelledApp, Orchestration, StageSpec
 from skyreels.sim.source import SimOptions
 
 DEFAULT_GPU_TYPE = "A800-80GB"  # the sim's published profile; a config without gpu_type
 SERVE_LOOK_BACK_S = 30.0  # Serve's default look_back_period_s
+APP_MAX_RUNNING_JOBS = 4  # AppConfig.max_running_jobs's default
 # Wall seconds on the 2-core development machine (benchmarks/results/plan_burst.md): a lone job of the sim config
 # (gang of 2, decode on the Vae) beyond what its stages hold, and a new Denoiser replica's start (its actor,
 # two rank actors, the process group and the sim's stages).
@@ -83,7 +84,7 @@ def read(path: Path, orchestration: Orchestration | None = None, gang_start_s: f
         decode_on=args.get("decode_on", "vae"),
         profiles={gpu_type: profile},
         gang_gpu_type=gpu_type,
-        max_running_jobs=int(args.get("max_running_jobs", JOBS_PER_GANG)),
+        max_running_jobs=int(args.get("max_running_jobs", APP_MAX_RUNNING_JOBS)),
         gpus_per_node={gpu_type: 8},
         max_nodes=None,
         model_group_delay_s=float(args.get("model_group_delay_s", 30.0)) / factor,
