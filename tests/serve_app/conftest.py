@@ -8,6 +8,8 @@ second application under its own route prefix.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,14 +95,20 @@ def serve_base_url(serve_app: RunningApp) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the session (Debian's `postgresql` package)."""
     pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[dev]'")
     bin_dir = find_binaries()
     if bin_dir is None:
         pytest.skip("PostgreSQL is not installed: no /usr/lib/postgresql/*/bin/initdb (apt-get install postgresql)")
-    with running_server(bin_dir, tmp_path_factory.mktemp("postgres")) as server:
-        yield server
+    # not under pytest's base temp: another pytest session on the machine resets that to 0700, which the postgres
+    # user then cannot reach (pg_ctl fails mid-session)
+    root = Path(tempfile.mkdtemp(prefix="skyreels-postgres-"))
+    try:
+        with running_server(bin_dir, root) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

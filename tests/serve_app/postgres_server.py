@@ -41,8 +41,9 @@ class PostgresServer:
                        check=True, capture_output=True, timeout=START_TIMEOUT_S + 30)
 
     def stop(self, mode: str = "fast") -> None:
+        """Raises when the server cannot be stopped: an outage test must not go on against a running server."""
         subprocess.run(_as_postgres([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w",
-                                     "stop"]), capture_output=True, timeout=60)
+                                     "stop"]), check=True, capture_output=True, timeout=60)
 
     @contextmanager
     def stopped(self) -> Iterator[None]:
