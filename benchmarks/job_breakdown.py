@@ -53,7 +53,8 @@ def spans_by_job(span_dir: Path) -> dict[str, list[dict]]:
             span = json.loads(line)
             job = span["attributes"].get(JOB_ID)
             if job:
-                span["seconds"] = _seconds(span["end_time"]) - _seconds(span["start_time"])
+                span["start"], span["end"] = _seconds(span["start_time"]), _seconds(span["end_time"])
+                span["seconds"] = span["end"] - span["start"]
                 jobs[job].append(span)
     return jobs
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import ray
 import yaml
 from bench_cluster import Layout, drain
-from planner_validation import measure_orchestration
+from job_breakdown import spans_by_job
+from planner_validation import call_seconds, held_seconds, orchestration_of
 from ray import serve
 from sim_cluster import deploy, replicas
 
@@ -97,8 +98,10 @@ def main() -> None:
     lone = Layout("sim", app_args["gpus_per_replica"], 1, app_args["decode_on"], 0, 1, "serve_config.sim.yaml")
     with VideoClient(url, timeout_s=120) as client, GangStarts("skyreels") as starts:
         drain(client, [client.submit("warm-up", seed=0)["id"]])
-        orchestration = measure_orchestration(client, lone, options.timings, options.time_factor, WORKLOAD_STEPS,
-                                              args.lone_jobs, root / "spans")
+        lone_ids = [drain(client, [client.submit(f"lone job {i}", seed=i)["id"]])[0]["id"]
+                    for i in range(args.lone_jobs)]
+        seconds = call_seconds(spans_by_job(root / "spans"), lone_ids, lone)
+        orchestration = orchestration_of(seconds, held_seconds(lone, options.timings, options.time_factor), seconds)
         submitted = time.time()
         ids = [client.submit(f"burst job {i}", seed=i)["id"] for i in range(args.burst)]
         jobs = drain(client, ids, timeout_s=600)

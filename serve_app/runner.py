@@ -148,6 +148,7 @@ class JobRunner:
         self.denoiser = denoiser.options(stream=True)
         self.vae = vae
         self.decoder = denoiser if decode_on_gang else vae
+        self.decode_on_gang = decode_on_gang
         self.policy = policy
         self.metrics = metrics
         self.on_end = on_end  # called with every job's final record (webhooks)
@@ -350,7 +351,8 @@ class JobRunner:
         job_id = job.id
         metrics: dict[str, float] = {"queued": job.attempts[-1].started_at - job.created_at}
         stages = ServeStages(job_id, self.text_encoder, self.denoiser, self.vae, self.decoder,
-                             self.policy.stage_timeout_s, lambda: self.preemptor.gang_turn(job_id))
+                             self.policy.stage_timeout_s, lambda: self.preemptor.gang_turn(job_id),
+                             self.decode_on_gang)
         checkpoint = LatentCheckpoint(self.artifacts, job_id)  # _end discards it
         remaining_s = self.policy.job_deadline_s - (time.time() - job.started_at)
         deadline = asyncio.get_running_loop().call_later(max(remaining_s, 0.0), self._stop, job_id, JobError(

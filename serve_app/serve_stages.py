@@ -29,9 +29,11 @@ class ServeStages:
     both decode latents to the job's stored video (`decode_to_storage`)."""
 
     def __init__(self, job_id: str, text_encoder: Any, denoiser: Any, vae: Any, decoder: Any,
-                 timeout_s: float, gang_turn: Callable[[], Awaitable[None]] | None = None) -> None:
+                 timeout_s: float, gang_turn: Callable[[], Awaitable[None]] | None = None,
+                 decode_on_gang: bool = False) -> None:
         self.job_id = job_id
         self.text_encoder, self.denoiser, self.vae, self.decoder = text_encoder, denoiser, vae, decoder
+        self.decode_on_gang = decode_on_gang
         self.timeout_s = timeout_s  # the DiT's own watchdog is the gang's (deployments.denoiser)
         self.gang_turn = gang_turn  # awaited before the job goes to the gang (serve_app.preemption)
 
@@ -67,9 +69,12 @@ class ServeStages:
                 await asyncio.sleep(GANG_RETRY_S)
 
     async def decode(self, latents: Any, request: GenerationRequest) -> StoredVideo:
+        decoder = self.decoder
+        if self.decode_on_gang:  # to a gang that holds the job's model, as the job's denoising went
+            decoder = decoder.options(multiplexed_model_id=SERVED_MODEL_IDS[request.task])
         with call_span("decode") as trace:
             return await self._within(
-                self.decoder.decode_to_storage.remote(self.job_id, latents, request.fps, trace=trace), "decoding")
+                decoder.decode_to_storage.remote(self.job_id, latents, request.fps, trace=trace), "decoding")
 
     async def _within(self, call: Awaitable[T], what: str) -> T:
         try:

@@ -9,9 +9,11 @@ What it follows from the app (serve_app, deployments, skyreels.sim):
   first when the gang holds another model, a LoRA load when the adapters differ; the step cache skips a share
   of the steps), then the decode and the mux, a call of its own to the Vae or to a gang; a stage call fails with `fail_rate` and the
   job runs again from the start, `max_attempts` runs at most;
-- Serve's router: each deployment's requests wait in one FIFO queue and go to a ready replica with fewer than
-  `max_ongoing_requests` (for the Denoiser, one holding the job's model first, then the least loaded); a
-  replica runs one request at a time;
+- Serve's router: a request goes to a ready replica with fewer than `max_ongoing_requests` (for the Denoiser,
+  one holding the job's model first, then the least loaded), and a replica runs one request at a time. When
+  every replica is full the requests wait, each retrying with its own backoff: whichever retries first after a
+  replica frees takes it, so the order among waiting requests is, in effect, random (the real app's traces show
+  a decode on the gang waiting behind denoising calls made after it: benchmarks/planner_validation.py);
 - Serve's autoscaler: every `control_period_s`, the deployment's ongoing requests (queued and running) over
   `target_ongoing_requests`, averaged over `look_back_s`, rounded up and clipped, once it has held for the
   upscale (downscale) delay; a new replica needs room on a node (a node starts in `node_start_s` when none has
@@ -23,6 +25,7 @@ What it follows from the app (serve_app, deployments, skyreels.sim):
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -226,8 +229,10 @@ class Cluster:
 class Deployment:
     """A deployment's replicas behind Serve's router (one FIFO queue, max_ongoing_requests per replica)."""
 
-    def __init__(self, env: simpy.Environment, name: str, spec: StageSpec, gpu_type: str, cluster: Cluster) -> None:
+    def __init__(self, env: simpy.Environment, name: str, spec: StageSpec, gpu_type: str, cluster: Cluster,
+                 rng: random.Random) -> None:
         self.env, self.name, self.spec, self.gpu_type, self.cluster = env, name, spec, gpu_type, cluster
+        self.random = rng
         self.replicas: list[Replica] = []
         self.waiting: deque[tuple[str | None, simpy.Event]] = deque()
         self.history: list[tuple[float, int]] = []
@@ -288,11 +293,12 @@ class Deployment:
 
     def _route(self) -> None:
         while self.waiting:
-            model, event = self.waiting[0]
             free = [r for r in self.live if r.ready and r.ongoing < self.spec.max_ongoing_requests]
             if not free:
                 return
-            self.waiting.popleft()
+            index = self.random.randrange(len(self.waiting))  # the waiting request that retries first
+            model, event = self.waiting[index]
+            del self.waiting[index]
             replica = min(free, key=lambda r: (model is not None and r.model != model, r.ongoing))
             replica.ongoing += 1
             event.succeed(replica)
@@ -335,16 +341,15 @@ class Deployment:
 
 class ServedAppModel:
     def __init__(self, app: ModelledApp, seed: int = 0) -> None:
-        import random
-
         self.app = app
         self.env = simpy.Environment()
         self.random = random.Random(seed)
         self.cluster = Cluster(self.env, app)
         gang_type = app.gang_gpu_type
-        self.text = Deployment(self.env, "TextEncoder", app.text, app.text.gpu_type or gang_type, self.cluster)
-        self.gangs = Deployment(self.env, "Denoiser", app.gang, gang_type, self.cluster)
-        self.vae = Deployment(self.env, "Vae", app.vae, app.vae.gpu_type or gang_type, self.cluster)
+        routing = random.Random(f"{seed}:routing")
+        self.text = Deployment(self.env, "TextEncoder", app.text, app.text.gpu_type or gang_type, self.cluster, routing)
+        self.gangs = Deployment(self.env, "Denoiser", app.gang, gang_type, self.cluster, routing)
+        self.vae = Deployment(self.env, "Vae", app.vae, app.vae.gpu_type or gang_type, self.cluster, routing)
         self.deployments = (self.text, self.gangs, self.vae)
         for stage in (self.text, self.vae):
             if stage.spec.shares_gang_gpu:
