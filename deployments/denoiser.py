@@ -203,7 +203,9 @@ class Denoiser:
                     return
                 command = replace(command, resume=await asyncio.to_thread(checkpoint.load_steps), checkpoint=checkpoint)
             workers = [self.workers[rank] for rank in ranks_for(command, len(self.workers))]
-            streams = [worker.run.options(num_returns="streaming").remote(command, trace) for worker in workers]
+            # serialized once into the object store, not once per rank (embeddings, latents: megabytes each)
+            sent = ray.put(command) if len(workers) > 1 else command
+            streams = [worker.run.options(num_returns="streaming").remote(sent, trace) for worker in workers]
             others = asyncio.gather(*(self._drain(stream) for stream in streams[1:]))
             try:
                 async for item in self._watched(streams[0], command):
