@@ -17,7 +17,6 @@ import logging
 import platform
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +27,7 @@ from bench_cluster import Layout, drain
 from job_breakdown import spans_by_job
 from planner_validation import call_seconds, held_seconds, orchestration_of
 from ray import serve
-from sim_cluster import deploy, replicas
+from sim_cluster import Sampler, deploy, replicas
 
 from serve_app.client import VideoClient
 from serve_app.launch import wait_ready
@@ -51,32 +50,26 @@ def local_config(root: Path, port: int) -> dict:
     return config | {"http_options": {"host": "127.0.0.1", "port": port}}
 
 
-class GangStarts:
+class GangStarts(Sampler):
     """Seconds from a Denoiser replica's appearance (STARTING) to RUNNING, sampled every 0.2 s."""
 
+    period_s = 0.2
+
     def __init__(self, app: str) -> None:
-        self.app, self.seconds, self._stop = app, [], threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.app, self.seconds = app, []
+        self._starting_since: float | None = None
+        self._running: int | None = None
 
-    def __enter__(self) -> GangStarts:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        starting_since: float | None = None
-        running = replicas(self.app)["Denoiser"].get("RUNNING", 0)
-        while not self._stop.wait(0.2):
-            states = replicas(self.app)["Denoiser"]
-            if states.get("STARTING", 0) and starting_since is None:
-                starting_since = time.monotonic()
-            if states.get("RUNNING", 0) > running and starting_since is not None:
-                self.seconds.append(time.monotonic() - starting_since)
-                starting_since = None if not states.get("STARTING", 0) else time.monotonic()
-            running = states.get("RUNNING", 0)
+    def sample(self) -> None:
+        states = replicas(self.app)["Denoiser"]
+        if self._running is None:
+            self._running = states.get("RUNNING", 0)
+        if states.get("STARTING", 0) and self._starting_since is None:
+            self._starting_since = time.monotonic()
+        if states.get("RUNNING", 0) > self._running and self._starting_since is not None:
+            self.seconds.append(time.monotonic() - self._starting_since)
+            self._starting_since = time.monotonic() if states.get("STARTING", 0) else None
+        self._running = states.get("RUNNING", 0)
 
 
 def main() -> None:

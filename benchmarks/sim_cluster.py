@@ -205,17 +205,14 @@ class Sample:
     gpu_nodes: list[str]
 
 
-@dataclass
-class Watch:
-    """Samples the app's replicas and the cluster's GPU nodes in the background while in its block."""
+class Sampler:
+    """Calls `sample` every `period_s` on a thread of its own while in its block."""
 
-    cluster: FakeGpuCluster
-    app: str
-    samples: list[Sample] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    period_s = SAMPLE_PERIOD_S
 
-    def __enter__(self) -> Watch:
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def __enter__(self) -> Sampler:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
 
@@ -223,13 +220,28 @@ class Watch:
         self._stop.set()
         self._thread.join()
 
-    def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_PERIOD_S):
-            states = replicas(self.app)
-            self.samples.append(Sample(at=time.time(), running={n: s.get("RUNNING", 0) for n, s in states.items()},
-                                       wanted={n: sum(c for k, c in s.items() if k != "STOPPING")
-                                               for n, s in states.items()},
-                                       gpu_nodes=self.cluster.gpu_nodes()))
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self.sample()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Watch(Sampler):
+    """Samples the app's replicas and the cluster's GPU nodes in the background while in its block."""
+
+    cluster: FakeGpuCluster
+    app: str
+    samples: list[Sample] = field(default_factory=list)
+
+    def sample(self) -> None:
+        states = replicas(self.app)
+        self.samples.append(Sample(at=time.time(), running={n: s.get("RUNNING", 0) for n, s in states.items()},
+                                   wanted={n: sum(c for k, c in s.items() if k != "STOPPING")
+                                           for n, s in states.items()},
+                                   gpu_nodes=self.cluster.gpu_nodes()))
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
