@@ -3,8 +3,9 @@
     python benchmarks/plan_burst.py            # about 3 minutes on 2 cores
 
 Deploys cluster/serve_config.sim.yaml on a local Ray (as `serve run` does), measures what Ray and Serve add to a
-lone job's stage calls here (from its trace) and how long a new Denoiser replica takes to start, then submits N jobs at once and
-times the makespan (first submit to last completion). The planner predicts the same config with those two
+lone job's stage calls here (from its trace), then submits N jobs at once and times the makespan (first submit to
+last completion, from the store's records) and how long the gangs the autoscaler asked for took to start (waiting
+for one that is still starting when the burst ends). The planner predicts the same config with those two
 measurements. Writes benchmarks/results/plan_burst.{json,md}; the measured figures are the ones
 skyreels/planner/serve_config.py keeps as SIM_LOCAL_*.
 """
@@ -25,7 +26,7 @@ import ray
 import yaml
 from bench_cluster import Layout, drain
 from job_breakdown import spans_by_job
-from planner_validation import call_seconds, held_seconds, orchestration_of
+from planner_validation import call_seconds, held_seconds, orchestration_of, stored_jobs
 from ray import serve
 from sim_cluster import Sampler, deploy, replicas
 
@@ -71,6 +72,12 @@ class GangStarts(Sampler):
             self._starting_since = time.monotonic() if states.get("STARTING", 0) else None
         self._running = states.get("RUNNING", 0)
 
+    def wait_for_start(self, timeout_s: float) -> None:
+        """Until a replica that is starting runs (or `timeout_s`)."""
+        deadline = time.monotonic() + timeout_s
+        while self._starting_since is not None and time.monotonic() < deadline:
+            time.sleep(self.period_s)
+
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -97,9 +104,11 @@ def main() -> None:
         orchestration = orchestration_of(seconds, held_seconds(lone, options.timings, options.time_factor), seconds)
         submitted = time.time()
         ids = [client.submit(f"burst job {i}", seed=i)["id"] for i in range(args.burst)]
-        jobs = drain(client, ids, timeout_s=600)
+        drain(client, ids, timeout_s=600)
+        starts.wait_for_start(timeout_s=180)  # a gang the burst asked for may come up after it
     serve.shutdown()
     ray.shutdown()
+    jobs = [job for job in stored_jobs(root / "jobs.sqlite3") if job["id"] in ids]
     makespan = max(job["completed_at"] for job in jobs) - submitted
     gang_start_s = sum(starts.seconds) / len(starts.seconds) if starts.seconds else None
     configured = read(SIM_CONFIG, orchestration, gang_start_s)

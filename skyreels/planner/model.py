@@ -86,8 +86,9 @@ class StageSpec:
     autoscaling: Autoscaling | None = None
     load_s: float = 0.0  # a new replica's start and model load
     gpu_type: str = ""  # the node pool it runs on ("" : the gang's)
-    # On a gang's GPU (beside rank 0, or a share of a gang GPU): its kernels and the rank's take turns on the GPU
-    # (time slices of separate CUDA contexts), and the gang waits for its slowest rank: a call holds the gang.
+    # On a gang's GPU (beside rank 0, or a share of a gang GPU): while the gang computes, its kernels and the rank's
+    # take turns on the GPU (time slices of separate CUDA contexts): the call takes twice its time, and the gang,
+    # which waits for its slowest rank, as long again.
     shares_gang_gpu: bool = False
 
 
@@ -158,6 +159,7 @@ class Replica:
         self.lora: str | None = None
         self.node: Node | None = None
         self.stopping = False
+        self.debt = 0.0  # GPU seconds that co-located replicas took from this gang's call in progress
 
 
 class Node:
@@ -280,13 +282,16 @@ class Deployment:
         replica: Replica = yield assigned
         with replica.lock.request() as turn:
             yield turn
+            work = seconds(replica) + held_extra_s
             host = self.host_of(replica) if self.host_of is not None else None
-            if host is None:
-                yield self.env.timeout(seconds(replica) + held_extra_s)
+            if host is not None and host.lock.count:  # the gang computes too: they take turns on the GPU
+                host.debt += work  # the gang's call runs that much longer
+                yield self.env.timeout(2 * work)
             else:
-                with host.lock.request() as gang_turn:
-                    yield gang_turn
-                    yield self.env.timeout(seconds(replica) + held_extra_s)
+                yield self.env.timeout(work)
+            while replica.debt:  # time slices taken by co-located work during this call
+                owed, replica.debt = replica.debt, 0.0
+                yield self.env.timeout(owed)
         replica.ongoing -= 1
         self._route()
         return replica

@@ -86,3 +86,17 @@ def test_a_profile_scaled_to_its_own_type_is_itself_and_faster_types_are_faster(
     assert scaled_profile(A800).step_seconds(WORKLOAD) == pytest.approx(PROFILE.step_seconds(WORKLOAD))
     assert scaled_profile("H100-80GB").step_seconds(WORKLOAD) < PROFILE.step_seconds(WORKLOAD) / 2
     assert scaled_profile("L4-24GB").step_seconds(WORKLOAD) > 2 * PROFILE.step_seconds(WORKLOAD)
+
+
+def test_a_stage_on_a_gang_gpu_takes_turns_with_the_gang() -> None:
+    """A co-located Vae decodes job 1 while the gang denoises job 2: the decode takes twice its time, and the
+    denoising as long again as the decode's GPU time."""
+    layout = Layout("coloc", A800, 8, 1, "vae", text=StagePlan(1, "own"), vae=StagePlan(1, "colocated"))
+    outcome = ServedAppModel(layout.modelled(PROFILES)).run([Arrival(0.0, WORKLOAD), Arrival(0.0, WORKLOAD)])
+    first, second = sorted(outcome.completed, key=lambda job: job.completed_s)
+    text = PROFILE.text_encode_seconds / 2
+    denoise = 30 * PROFILE.step_seconds(WORKLOAD, 2, 4)
+    decode = PROFILE.decode_seconds(WORKLOAD) + PROFILE.mux.at(WORKLOAD)
+    assert first.latency_s == pytest.approx(text + denoise + 2 * decode)  # shared the GPU with job 2's denoise
+    # its denoising began when job 1's ended and ran a decode longer; then its own decode, alone
+    assert second.latency_s == pytest.approx(text + 2 * denoise + decode + decode)
