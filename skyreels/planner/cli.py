@@ -9,8 +9,6 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 logger = logging.getLogger(__name__)
 
 
@@ -78,6 +76,8 @@ def _traffic(args: argparse.Namespace):
 
 
 def _plan(args: argparse.Namespace, orchestration) -> int:
+    import yaml
+
     from skyreels.cli import UsageError
     from skyreels.planner.plan import Fleet, markdown, plan
 

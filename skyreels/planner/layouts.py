@@ -165,12 +165,14 @@ class Layout:
     # ------------------------------------------------------------------ Serve
 
     def serve_config(self, template: Path = TEMPLATE) -> dict:
-        """The shipped 8-GPU config with this layout's gang, stages and precision."""
+        """The shipped 8-GPU config with this layout's gang, stages and precision (its GPU type in accelerator_type
+        where a stage has GPUs of its own)."""
         config = yaml.safe_load(template.read_text())
         (app,) = config["applications"]
         args = app["args"]
-        args.update(gpus_per_replica=self.gang_size, decode_on=self.decode_on, gpu_type=self.gpu_type,
-                    max_running_jobs=self.running_jobs())
+        # no gpu_type: the app's startup check sees only these args, not where the deployments put the stages
+        # (it plays them beside rank 0); `skyreels preflight --config FILE --gpu_type T` plays the whole layout
+        args.update(gpus_per_replica=self.gang_size, decode_on=self.decode_on, max_running_jobs=self.running_jobs())
         args["optimize"] = args.get("optimize", {}) | {
             "quant": "fp8" if self.precision.startswith("fp8") else "none",
             "offload": self.precision.endswith("offload")}
@@ -179,13 +181,9 @@ class Layout:
         for deployment in app["deployments"]:
             stage = {"TextEncoder": self.text, "Vae": self.vae}.get(deployment["name"])
             options = deployment.setdefault("ray_actor_options", {})
-            if deployment["name"] == "Denoiser":
-                autoscaling = deployment.get("autoscaling_config")
-                if autoscaling:
-                    autoscaling.update(min_replicas=self.gangs, max_replicas=max(self.gangs,
-                                                                                 autoscaling["max_replicas"]))
-                else:
-                    deployment["num_replicas"] = self.gangs
+            if deployment["name"] == "Denoiser":  # the planned gangs, on the planned GPUs
+                deployment.pop("autoscaling_config", None)
+                deployment["num_replicas"] = self.gangs
             if stage is None:
                 continue
             deployment.pop("autoscaling_config", None)

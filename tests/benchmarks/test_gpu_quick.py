@@ -122,9 +122,9 @@ def test_the_gpu_plan_fits_its_budget(gpu_benchmarks_importable: None) -> None:
 # what the GPU image brings (fetch_wheels.sh's header) and what comes with its transformers
 GPU_IMAGE = {"torch", "transformers", "accelerate", "safetensors", "numpy", "pillow", "imageio", "tqdm", "tokenizers",
              "huggingface-hub", "fsspec"}
-# the Serve app's (deployments, serve_app) and LoRAs', which quick does not run
+# the Serve app's (deployments, serve_app), LoRAs' and `skyreels plan`'s, which quick does not run
 SERVING_ONLY = {"ray", "fastapi", "python-multipart", "prometheus-client", "opentelemetry-sdk",
-                "opentelemetry-exporter-otlp-proto-http", "peft"}
+                "opentelemetry-exporter-otlp-proto-http", "peft", "simpy", "pyyaml"}
 
 
 def test_the_gpu_host_gets_the_library_and_its_dependencies() -> None:

@@ -30,11 +30,11 @@ DIT_HEADS = 24  # HunyuanVideo attention heads: the Ulysses degree must divide t
 HEAD_NODE = "node:__internal_head__"
 
 SERVE_FILES = ["serve_config.local.yaml", "serve_config.sim.yaml", "serve_config.gpu1.yaml", "serve_config.gpu8.yaml",
-               "serve_config.hetero.yaml"]
+               "serve_config.hetero.yaml", "serve_config.l4x8.yaml"]
 LAUNCHER_FILES = ["aws.yaml", "gcp.yaml"]
 KUBERAY_FILE = "kuberay-rayservice.yaml"
 GPUS_PER_NODE = {"serve_config.local.yaml": 0, "serve_config.sim.yaml": 0, "serve_config.gpu1.yaml": 1,
-                 "serve_config.gpu8.yaml": 8, "serve_config.hetero.yaml": 8}
+                 "serve_config.gpu8.yaml": 8, "serve_config.hetero.yaml": 8, "serve_config.l4x8.yaml": 8}
 L4 = "accelerator_type:L4"  # the resource Ray gives a node with L4 GPUs, which accelerator_type: L4 asks for
 
 
