@@ -262,7 +262,7 @@ def test_hetero_puts_the_gangs_on_8_gpu_nodes_and_the_stages_on_l4s():
     assert deployments["Denoiser"]["autoscaling_config"] == _deployments(
         SERVE_CONFIGS["serve_config.gpu8.yaml"])["Denoiser"]["autoscaling_config"]
     assert args["max_running_jobs"] > 2 * _replicas(deployments["Denoiser"], "max")
-    assert "# planner table: (filled in by skyreels plan)" in (CLUSTER / "serve_config.hetero.yaml").read_text()
+    assert "# The planner's table (benchmarks/plan_tables.py" in (CLUSTER / "serve_config.hetero.yaml").read_text()
 
 
 @pytest.mark.parametrize("name", SERVE_CONFIGS)
