@@ -146,7 +146,7 @@ class Outcome:
 
 
 class StageFailed(Exception):
-    pass
+    """A stage call failed (the profile's fail_rate): the job's run ends, and it runs again if runs remain."""
 
 
 class Replica:
@@ -229,7 +229,8 @@ class Cluster:
 
 
 class Deployment:
-    """A deployment's replicas behind Serve's router (one FIFO queue, max_ongoing_requests per replica)."""
+    """A deployment's replicas behind Serve's router (waiting requests served in effect at random,
+    max_ongoing_requests per replica)."""
 
     def __init__(self, env: simpy.Environment, name: str, spec: StageSpec, gpu_type: str, cluster: Cluster,
                  rng: random.Random) -> None:
@@ -382,7 +383,7 @@ class ServedAppModel:
         self.env.process(self._dispatch())
         self.env.process(self._control())
         done = self.env.event()
-        self._all_done, self._expected = done, len(arrivals)
+        self._all_done, self._unfinished = done, len(arrivals)
         self.env.run(until=until_s if until_s is not None else done)
         for deployment in self.deployments:
             deployment.close()
@@ -444,8 +445,9 @@ class ServedAppModel:
             self.running -= 1
             self.running_models.remove(job.arrival.task)
             self._wake()
-            if len([r for r in self.records if r.completed_s is not None]) == self._expected:
-                if not self._all_done.triggered:
+            if job.completed_s is not None:  # ended: completed, or failed with no runs left
+                self._unfinished -= 1
+                if self._unfinished == 0:
                     self._all_done.succeed()
 
     def _control(self) -> Generator:
