@@ -35,7 +35,7 @@ from serve_app.app import AppConfig
 from serve_app.client import VideoClient
 from serve_app.launch import start_local
 from skyreels.parallel.group import free_port
-from skyreels.sim.profile import WORKLOAD, WORKLOAD_STEPS, mesh_of
+from skyreels.sim.profile import WORKLOAD, WORKLOAD_STEPS, SimProfile, mesh_of
 from skyreels.sim.source import SimOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +59,14 @@ def spans_by_job(span_dir: Path) -> dict[str, list[dict]]:
     return jobs
 
 
+def held_seconds(gang: int, decode_on: str, profile: SimProfile, factor: float) -> dict[str, float]:
+    """What the sim's stages hold for one job of the workload (wall seconds at `factor`)."""
+    cfg, ulysses = mesh_of(gang)
+    return {"text": profile.text_encode_seconds / 2 * factor,
+            "gang": WORKLOAD_STEPS * profile.step_seconds(WORKLOAD, cfg, ulysses) * factor,
+            "decode": profile.decode_seconds(WORKLOAD, gang if decode_on == "gang" else 1) * factor}
+
+
 def breakdown(spans: list[dict], job: dict, held: dict[str, float]) -> dict[str, float]:
     def total(name: str, kind: str | None = None) -> float:
         return sum(s["seconds"] for s in spans if s["name"] == name and (kind is None or s["kind"].endswith(kind)))
@@ -67,11 +75,13 @@ def breakdown(spans: list[dict], job: dict, held: dict[str, float]) -> dict[str,
         return max((s["seconds"] for s in spans if s["name"] == name), default=0.0)
 
     mux = job["metrics"].get("mux", 0.0)
-    calls = {"text_encode": "TextEncoder.encode", "denoise": "Denoiser.denoise"}
-    decode_server = "Denoiser.decode_to_storage" if total("Denoiser.decode_to_storage") else "Vae.decode_to_storage"
-    calls["decode"] = decode_server
+    on_gang = bool(total("Denoiser.decode_to_storage"))  # then decoded inside the denoise call: no hop of its own
+    calls = {"text_encode": "TextEncoder.encode", "denoise": "Denoiser.denoise",
+             "decode": "Denoiser.decode_to_storage" if on_gang else "Vae.decode_to_storage"}
     client = {name: total(name, "CLIENT") for name in calls}
     server = {name: total(server_name, "SERVER") for name, server_name in calls.items()}
+    if on_gang:
+        server["denoise"] -= server["decode"]
     ranks = {"denoise": slowest("DiTWorker.Denoise"), "decode": slowest("DiTWorker.Decode")}
     job_s = total("job")
     parts = {
@@ -79,10 +89,11 @@ def breakdown(spans: list[dict], job: dict, held: dict[str, float]) -> dict[str,
         "held": sum(held.values()),
         "mux": mux,
         "runner": job_s - sum(client.values()),
-        "hops": sum(client[name] - server[name] for name in calls),
+        "hops": sum(client[name] - server[name] for name in calls if client[name])
+        - (server["decode"] if on_gang else 0.0),  # the denoise call's client span holds the decode too
         "gang dispatch": (server["denoise"] - ranks["denoise"]) + (
             server["decode"] - ranks["decode"] if ranks["decode"] else 0.0),
-        "in the ranks and replicas": (server["text_encode"] - held["text"]) + (ranks["denoise"] - held["denoise"])
+        "in the ranks and replicas": (server["text_encode"] - held["text"]) + (ranks["denoise"] - held["gang"])
         + ((ranks["decode"] or server["decode"]) - held["decode"] - mux),
     }
     parts["orchestration"] = job_s - parts["held"] - mux
@@ -110,12 +121,8 @@ def main() -> None:
         client.wait(client.submit("warm-up", size="64x64", num_frames=9, num_inference_steps=2)["id"])
         jobs = [client.wait(client.submit(f"lone job {i}", seed=i)["id"], timeout_s=900) for i in range(args.jobs)]
     ray.shutdown()
-    profile = SimOptions().timings
-    cfg, ulysses = mesh_of(args.gang)
     factor = args.time_factor
-    held = {"text": profile.text_encode_seconds / 2 * factor,
-            "denoise": WORKLOAD_STEPS * profile.step_seconds(WORKLOAD, cfg, ulysses) * factor,
-            "decode": profile.decode_seconds(WORKLOAD, args.gang if args.decode_on == "gang" else 1) * factor}
+    held = held_seconds(args.gang, args.decode_on, SimOptions().timings, factor)
     traces = spans_by_job(root / "spans")
     rows = [breakdown(traces[job["id"]], job, held) for job in jobs]
     mean = {key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}

@@ -25,8 +25,8 @@ from pathlib import Path
 import ray
 import yaml
 from bench_cluster import Layout, drain
-from job_breakdown import spans_by_job
-from planner_validation import call_seconds, held_seconds, orchestration_of, stored_jobs
+from job_breakdown import held_seconds, spans_by_job
+from planner_validation import call_seconds, orchestration_of, stored_jobs
 from ray import serve
 from sim_cluster import Sampler, deploy, replicas
 
@@ -52,30 +52,31 @@ def local_config(root: Path, port: int) -> dict:
 
 
 class GangStarts(Sampler):
-    """Seconds from a Denoiser replica's appearance (STARTING) to RUNNING, sampled every 0.2 s."""
+    """Each new Denoiser replica's seconds from its appearance (STARTING) to RUNNING, sampled every 0.2 s. The
+    replicas run in the order they appeared (paired first in, first out)."""
 
     period_s = 0.2
 
     def __init__(self, app: str) -> None:
         self.app, self.seconds = app, []
-        self._starting_since: float | None = None
+        self._appeared: list[float] = []  # when each replica still starting appeared
         self._running: int | None = None
 
     def sample(self) -> None:
         states = replicas(self.app)["Denoiser"]
+        starting, running = states.get("STARTING", 0), states.get("RUNNING", 0)
         if self._running is None:
-            self._running = states.get("RUNNING", 0)
-        if states.get("STARTING", 0) and self._starting_since is None:
-            self._starting_since = time.monotonic()
-        if states.get("RUNNING", 0) > self._running and self._starting_since is not None:
-            self.seconds.append(time.monotonic() - self._starting_since)
-            self._starting_since = time.monotonic() if states.get("STARTING", 0) else None
-        self._running = states.get("RUNNING", 0)
+            self._running = running
+        now, came_up = time.monotonic(), max(0, running - self._running)
+        self._appeared += [now] * max(0, starting + came_up - len(self._appeared))
+        for _ in range(min(came_up, len(self._appeared))):
+            self.seconds.append(now - self._appeared.pop(0))
+        self._running = running
 
     def wait_for_start(self, timeout_s: float) -> None:
-        """Until a replica that is starting runs (or `timeout_s`)."""
+        """Until every replica that is starting runs (or `timeout_s`)."""
         deadline = time.monotonic() + timeout_s
-        while self._starting_since is not None and time.monotonic() < deadline:
+        while self._appeared and time.monotonic() < deadline:
             time.sleep(self.period_s)
 
 
@@ -101,7 +102,7 @@ def main() -> None:
         lone_ids = [drain(client, [client.submit(f"lone job {i}", seed=i)["id"]])[0]["id"]
                     for i in range(args.lone_jobs)]
         seconds = call_seconds(spans_by_job(root / "spans"), lone_ids, lone)
-        orchestration = orchestration_of(seconds, held_seconds(lone, options.timings, options.time_factor), seconds)
+        orchestration = orchestration_of(seconds, held_seconds(lone.gang, lone.decode_on, options.timings, options.time_factor), seconds)
         submitted = time.time()
         ids = [client.submit(f"burst job {i}", seed=i)["id"] for i in range(args.burst)]
         drain(client, ids, timeout_s=600)

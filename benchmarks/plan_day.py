@@ -112,7 +112,7 @@ def chart(results: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(len(results), 2, figsize=(12, 3.4 * len(results)), squeeze=False)
     hours = list(range(24))
     for (load, latency), result in zip(axes, results, strict=True):
-        auto, static = result["autoscaled"], result["static"]
+        auto = result["autoscaled"]
         load.bar(hours, [row["arrivals"] for row in auto["hourly"]], color="lightgray", label="videos arriving")
         load.set(xlabel="hour", ylabel="videos / hour", title=f"{result['gpus']} H100s: traffic and GPUs held")
         gpus_axis = load.twinx()

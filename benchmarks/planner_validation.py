@@ -33,7 +33,7 @@ from pathlib import Path
 import ray
 import yaml
 from bench_cluster import APP, GPU8, LAYOUTS, Layout, _coarse_profile, drain
-from job_breakdown import spans_by_job
+from job_breakdown import held_seconds, spans_by_job
 from ray import serve
 from sim_cluster import ClusterSpec, FakeGpuCluster, deploy
 
@@ -43,7 +43,7 @@ from skyreels.parallel.group import free_port
 from skyreels.planner.layouts import Layout as PlannedLayout
 from skyreels.planner.layouts import StagePlan
 from skyreels.planner.model import Arrival, Orchestration, ServedAppModel, quantile
-from skyreels.sim.profile import WORKLOAD, WORKLOAD_STEPS, SimProfile, mesh_of
+from skyreels.sim.profile import WORKLOAD, WORKLOAD_STEPS, SimProfile
 from skyreels.sim.source import SimOptions
 
 logger = logging.getLogger("planner_validation")
@@ -82,23 +82,17 @@ def figures(created: list[float], completed: list[float], factor: float) -> dict
             "p95_s": quantile(latency, 0.95)}
 
 
-def held_seconds(layout: Layout, profile: SimProfile, factor: float) -> dict[str, float]:
-    """What the sim's stages hold for one job of the workload on this layout (wall seconds)."""
-    cfg, ulysses = mesh_of(layout.gang)
-    return {"text": profile.text_encode_seconds / 2 * factor,
-            "gang": WORKLOAD_STEPS * profile.step_seconds(WORKLOAD, cfg, ulysses) * factor,
-            "decode": profile.decode_seconds(WORKLOAD, layout.gang if layout.decode_on == "gang" else 1) * factor}
-
-
 CALLS = ("text", "gang", "decode")
 
 
 def call_seconds(traces: dict[str, list[dict]], ids: list[str], layout: Layout) -> dict[str, float]:
     """From the jobs' traces, mean wall seconds of each stage call (CALLS): on the replica (its server span), the
-    hop there (the client span's start to the server's) and back, and the runner's own part of the job."""
-    decode_server = "Denoiser.decode_to_storage" if layout.decode_on == "gang" else "Vae.decode_to_storage"
+    hop there (the client span's start to the server's) and back, and the runner's own part of the job. A decode
+    on the gang is made in the denoise call (its span inside the Denoiser's): no hop, and out of the gang's part."""
+    on_gang = layout.decode_on == "gang"
     names = {"text": ("text_encode", "TextEncoder.encode"), "gang": ("denoise", "Denoiser.denoise"),
-             "decode": ("decode", decode_server)}
+             "decode": (None if on_gang else "decode",
+                        "Denoiser.decode_to_storage" if on_gang else "Vae.decode_to_storage")}
     samples: dict[str, list[float]] = defaultdict(list)
     for job_id in ids:
         spans = traces[job_id]
@@ -106,13 +100,15 @@ def call_seconds(traces: dict[str, list[dict]], ids: list[str], layout: Layout) 
         def one(name: str, kind: str) -> dict:
             return next(s for s in spans if s["name"] == name and s["kind"].endswith(kind))
 
-        for part, (client_name, server_name) in names.items():
-            client, server = one(client_name, "CLIENT"), one(server_name, "SERVER")
-            samples[f"{part}_server"].append(server["seconds"])
+        servers = {part: one(server_name, "SERVER") for part, (_, server_name) in names.items()}
+        clients = {part: one(client_name, "CLIENT") for part, (client_name, _) in names.items() if client_name}
+        for part, server in servers.items():
+            client = clients.get(part, server)
+            inner = servers["decode"]["seconds"] if part == "gang" and on_gang else 0.0
+            samples[f"{part}_server"].append(server["seconds"] - inner)
             samples[f"{part}_there"].append(server["start"] - client["start"])
             samples[f"{part}_back"].append(client["end"] - server["end"])
-        samples["runner"].append(one("job", "INTERNAL")["seconds"]
-                                 - sum(one(client_name, "CLIENT")["seconds"] for client_name, _ in names.values()))
+        samples["runner"].append(one("job", "INTERNAL")["seconds"] - sum(c["seconds"] for c in clients.values()))
     return {name: statistics.fmean(values) for name, values in samples.items()}
 
 
@@ -190,7 +186,7 @@ def analyze_layout(layout: Layout, args: argparse.Namespace, options: SimOptions
     with the lone jobs' orchestration and with the row's own."""
     jobs = {job["prompt"]: job for job in stored_jobs(root / layout.name / "jobs.sqlite3")}
     traces = spans_by_job(root / layout.name / "spans")
-    held = held_seconds(layout, args.timings, options.time_factor)
+    held = held_seconds(layout.gang, layout.decode_on, args.timings, options.time_factor)
     lone_seconds = call_seconds(traces, [jobs[f"lone job {i}"]["id"] for i in range(args.lone_jobs)], layout)
     lone = orchestration_of(lone_seconds, held, lone_seconds)
     max_running_jobs = layout_config(layout, root, 0, options)["applications"][0]["args"]["max_running_jobs"]

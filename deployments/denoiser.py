@@ -5,7 +5,8 @@ A replica owns a placement group of one bundle for itself plus `gpus_per_replica
 `DiTWorker` actor in each GPU bundle (each wraps skyreels' Ray-free `GangRank`), joins them into one
 torch.distributed group and sends them commands, request by request: every command goes to the
 ranks it declares, and rank 0 answers. With `decode` on, the gang also decodes its videos (the
-parallel VAE over its ranks) and stores them. A lost worker poisons the gang: the request fails
+parallel VAE over its ranks) and stores them: in its own call, or at the end of the job's denoise call
+(`decode_to`), which keeps the decode on the gang that denoised, with no second trip through the router. A lost worker poisons the gang: the request fails
 with `GangWorkerDied`, `check_health` fails, and Serve builds a fresh replica.
 """
 
@@ -31,12 +32,12 @@ from deployments.config import StageConfig
 from deployments.metrics import Stage
 from deployments.tracing import Carrier, TracingConfig, served_span, setup_tracing
 from deployments.errors import GangUnavailable, GangWorkerDied
-from skyreels.artifacts import ArtifactStore, LatentCheckpoint, StoredVideo, store_video
+from skyreels.artifacts import ArtifactStore, LatentCheckpoint, StoredVideo, VideoTarget, store_video
 from skyreels.gang.commands import Command, Decode, Denoise, ranks_for
 from skyreels.gang.rank import GangRank, RankSpec
 from skyreels.parallel.group import free_port
 from skyreels.progress import StepProgress
-from skyreels.recipe import Denoised
+from skyreels.recipe import Decoded, Denoised
 from skyreels.request import Task
 from skyreels.stages.conditioning import Conditioning, ImageCondition
 from skyreels.stages.denoise import DenoiseParams
@@ -144,21 +145,29 @@ class Denoiser:
 
     async def denoise(
         self, task: Task, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None = None,
-        checkpoint: LatentCheckpoint | None = None, trace: Carrier | None = None,
-    ) -> AsyncIterator[StepProgress | Denoised]:
-        """Stream of StepProgress, ending with Denoised (or fewer steps and no Denoised when cancelled). With a
-        checkpoint, the steps go on from the step it holds, and a cancelled stream saves the step the ranks stopped
-        at there (the main rank's latents, written once, before the gang takes other work)."""
+        checkpoint: LatentCheckpoint | None = None, decode_to: VideoTarget | None = None,
+        trace: Carrier | None = None,
+    ) -> AsyncIterator[StepProgress | Denoised | Decoded[StoredVideo]]:
+        """Stream of StepProgress, ending with Denoised (or fewer steps and no Denoised when cancelled), then, with
+        `decode_to`, Decoded: the video decoded on this gang and stored. With a checkpoint, the steps go on from the
+        step it holds, and a cancelled stream saves the step the ranks stopped at there (the main rank's latents,
+        written once, before the gang takes other work)."""
         model_id = serve.get_multiplexed_model_id()
         if model_id:
             await self.holds(model_id)
         with served_span("Denoiser.denoise", trace) as ranks_trace:
+            denoised = None
             async for item in self._run(Denoise(task, conditioning, params, image), checkpoint, ranks_trace):
                 if isinstance(item, StepProgress) and item.seconds:
                     metrics.stage_seconds(Stage.DENOISE_STEP, item.seconds)
                 elif isinstance(item, Denoised):
                     metrics.denoise_figures(item.figures)
+                    denoised = item
                 yield item
+            if decode_to is not None and denoised is not None:
+                start = time.perf_counter()
+                stored = await self.decode_to_storage(decode_to.job_id, denoised.latents, decode_to.fps, ranks_trace)
+                yield Decoded(stored, time.perf_counter() - start)
 
     @serve.multiplexed(max_num_models_per_replica=1)
     async def holds(self, model_id: str) -> str:

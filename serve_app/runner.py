@@ -45,7 +45,7 @@ from serve_app.requests import to_generation_request
 from serve_app.schemas import Attempt, ErrorCode, Job, JobError, JobStatus
 from serve_app.serve_stages import ServeStages
 from serve_app.store import JobChanged, JobStore, QueuePlace, StoreUnavailable
-from skyreels.artifacts import INPUT_IMAGE, ArtifactStore, LatentCheckpoint, StoredVideo
+from skyreels.artifacts import INPUT_IMAGE, ArtifactStore, LatentCheckpoint, StoredVideo, VideoTarget
 from skyreels.recipe import Phase, Progress, generate
 from skyreels.request import GenerationRequest
 
@@ -350,9 +350,6 @@ class JobRunner:
         """One run of a claimed job (its attempt already started by the claim)."""
         job_id = job.id
         metrics: dict[str, float] = {"queued": job.attempts[-1].started_at - job.created_at}
-        stages = ServeStages(job_id, self.text_encoder, self.denoiser, self.vae, self.decoder,
-                             self.policy.stage_timeout_s, lambda: self.preemptor.gang_turn(job_id),
-                             self.decode_on_gang)
         checkpoint = LatentCheckpoint(self.artifacts, job_id)  # _end discards it
         remaining_s = self.policy.job_deadline_s - (time.time() - job.started_at)
         deadline = asyncio.get_running_loop().call_later(max(remaining_s, 0.0), self._stop, job_id, JobError(
@@ -362,6 +359,9 @@ class JobRunner:
         try:
             await asyncio.to_thread(checkpoint.clear_stop)  # a stop asked of this job's earlier run
             request = await self._stored_request(job)
+            stages = ServeStages(job_id, self.text_encoder, self.denoiser, self.vae, self.decoder,
+                                 self.policy.stage_timeout_s, lambda: self.preemptor.gang_turn(job_id),
+                                 VideoTarget(job_id, request.fps) if self.decode_on_gang else None)
             with job_span(job_id, model=job.model, attempt=len(job.attempts)):
                 generated = await generate(request, stages, lambda progress: self._progress(job_id, progress),
                                            checkpoint)

@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 from deployments.errors import GangUnavailable
 from deployments.tracing import call_span
 from serve_app.failures import StageTimeout
-from skyreels.artifacts import StoredVideo
+from skyreels.artifacts import StoredVideo, VideoTarget
 from skyreels.models import SERVED_MODEL_IDS
 from skyreels.progress import StepProgress
-from skyreels.recipe import Denoised
+from skyreels.recipe import Decoded, Denoised
 from skyreels.request import GenerationRequest, Task
 
 logger = logging.getLogger(__name__)
@@ -26,14 +26,16 @@ T = TypeVar("T")
 
 class ServeStages:
     """The recipe's stages behind Serve handles, for one job. `decoder` is the Vae or the Denoiser deployment:
-    both decode latents to the job's stored video (`decode_to_storage`)."""
+    both decode latents to the job's stored video (`decode_to_storage`). With `gang_decodes_to` (the app decodes
+    on the gang), the gang decodes at the end of the job's denoise call, and `decode` is called only for a run
+    that resumes at the decode."""
 
     def __init__(self, job_id: str, text_encoder: Any, denoiser: Any, vae: Any, decoder: Any,
                  timeout_s: float, gang_turn: Callable[[], Awaitable[None]] | None = None,
-                 decode_on_gang: bool = False) -> None:
+                 gang_decodes_to: VideoTarget | None = None) -> None:
         self.job_id = job_id
         self.text_encoder, self.denoiser, self.vae, self.decoder = text_encoder, denoiser, vae, decoder
-        self.decode_on_gang = decode_on_gang
+        self.gang_decodes_to = gang_decodes_to
         self.timeout_s = timeout_s  # the DiT's own watchdog is the gang's (deployments.denoiser)
         self.gang_turn = gang_turn  # awaited before the job goes to the gang (serve_app.preemption)
 
@@ -48,7 +50,7 @@ class ServeStages:
                 request.image, request.height, request.width, request.seed, trace=trace), "image encoding")
 
     async def denoise(self, task: Task, conditioning: Any, params: Any, image: Any, checkpoint: Any = None
-                      ) -> AsyncIterator[StepProgress | Denoised]:
+                      ) -> AsyncIterator[StepProgress | Denoised | Decoded[StoredVideo]]:
         """The gang's stream; waits for the job's turn, and out a gang that is being replaced (nothing ran on it
         yet). `checkpoint` travels to the gang: it resumes from the step held there, and stops and saves its step
         when the runner asks there (LatentCheckpoint.request_stop)."""
@@ -59,7 +61,9 @@ class ServeStages:
                 # routed to a gang that holds the task's model, when one is free (Serve's model multiplexing)
                 gang = self.denoiser.options(multiplexed_model_id=SERVED_MODEL_IDS[task])
                 with call_span("denoise") as trace:
-                    async for event in gang.denoise.remote(task, conditioning, params, image, checkpoint, trace=trace):
+                    decode_to = {"decode_to": self.gang_decodes_to} if self.gang_decodes_to else {}
+                    async for event in gang.denoise.remote(task, conditioning, params, image, checkpoint,
+                                                           trace=trace, **decode_to):
                         yield event
                 return
             except GangUnavailable:
@@ -70,7 +74,7 @@ class ServeStages:
 
     async def decode(self, latents: Any, request: GenerationRequest) -> StoredVideo:
         decoder = self.decoder
-        if self.decode_on_gang:  # to a gang that holds the job's model, as the job's denoising went
+        if self.gang_decodes_to:  # to a gang that holds the job's model, as the job's denoising went
             decoder = decoder.options(multiplexed_model_id=SERVED_MODEL_IDS[request.task])
         with call_span("decode") as trace:
             return await self._within(

@@ -119,6 +119,14 @@ class StoredVideo:
     mux_seconds: float  # mp4 + thumbnail encode and write
 
 
+@dataclass(frozen=True)
+class VideoTarget:
+    """Where a stage that decodes a job's latents stores the video: the job's artifacts, at the request's rate."""
+
+    job_id: str
+    fps: int
+
+
 def store_video(artifacts: ArtifactStore, job_id: str, frames: np.ndarray, fps: int,
                 decode_seconds: float) -> StoredVideo:
     """A job's decoded frames as its video and thumbnail artifacts."""

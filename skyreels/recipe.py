@@ -20,7 +20,7 @@ from skyreels.progress import Phase, Progress, ProgressCallback, StepProgress, S
 from skyreels.request import GenerationRequest, Task
 from skyreels.stages.conditioning import Conditioning, ImageCondition
 from skyreels.stages.denoise import DenoiseParams
-from skyreels.timing import timed
+from skyreels.timing import Stopwatch, timed
 
 Output = TypeVar("Output")
 Result = TypeVar("Result")
@@ -47,6 +47,15 @@ class Denoised:
     figures: DenoiseFigures = field(default_factory=DenoiseFigures)
 
 
+@dataclass(frozen=True)
+class Decoded(Generic[Output]):
+    """After Denoised, from a denoise stage that also decodes what it denoised, in the same call (a gang that
+    decodes: no second trip through Serve's router, where the decode could wait behind other jobs' denoising)."""
+
+    output: Output
+    seconds: float  # the decode's, taken out of the stream's
+
+
 class Checkpoint(Protocol):
     """Where the denoised latents of a run are kept until the video is made, and those of a denoising paused
     between two steps (skyreels.artifacts.LatentCheckpoint)."""
@@ -69,8 +78,9 @@ class Stages(Protocol[Output]):
 
     def denoise(self, task: Task, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None,
                 checkpoint: Checkpoint | None = None) -> AsyncIterator[StepProgress | Denoised]:
-        """StepProgress after every step, then Denoised. Closing the stream early stops the steps. With a
-        checkpoint, the steps go on from the step it holds (if any), and a stream closed early saves the step the
+        """StepProgress after every step, then Denoised, then Decoded where these stages decode on the denoise
+        stage (then `decode` is called only for a run that resumes at the decode). Closing the stream early stops
+        the steps. With a checkpoint, the steps go on from the step it holds (if any), and a stream closed early saves the step the
         steps stopped at (`save_steps`, before the stage takes other work)."""
         ...
 
@@ -97,20 +107,24 @@ async def generate(request: GenerationRequest, stages: Stages[Output], on_progre
     report = on_progress or (lambda _: None)
     timings: dict[str, float] = {}
     latents = saved = await asyncio.to_thread(checkpoint.load) if checkpoint is not None else None
+    decoded = None
     if saved is None:
-        latents = await _denoised_latents(request, stages, report, timings, checkpoint)
-        if checkpoint is not None:
-            with timed(timings, "checkpoint"):
-                await asyncio.to_thread(checkpoint.save, latents)
-
-    report(Progress.entering(Phase.DECODING, request.num_inference_steps))
+        latents, decoded = await _denoised(request, stages, report, timings, checkpoint)
+    else:
+        report(Progress.entering(Phase.DECODING, request.num_inference_steps))
+    if decoded is not None:
+        timings["decode"] = decoded.seconds
+        return Generated(output=decoded.output, latents=latents, timings=timings)
     with timed(timings, "decode"):
         output = await stages.decode(latents, request)
     return Generated(output=output, latents=latents, timings=timings, resumed=saved is not None)
 
 
-async def _denoised_latents(request: GenerationRequest, stages: Stages, report: ProgressCallback,
-                            timings: dict[str, float], checkpoint: Checkpoint | None) -> torch.Tensor:
+async def _denoised(request: GenerationRequest, stages: Stages, report: ProgressCallback,
+                    timings: dict[str, float], checkpoint: Checkpoint | None
+                    ) -> tuple[torch.Tensor, Decoded | None]:
+    """The denoised latents (kept in the checkpoint as soon as they are in, before any decode), and the video
+    where the denoise stage decoded them too."""
     params = DenoiseParams.from_request(request)
 
     report(Progress.entering(Phase.ENCODING_TEXT, params.num_inference_steps))
@@ -126,20 +140,27 @@ async def _denoised_latents(request: GenerationRequest, stages: Stages, report: 
             image = await stages.encode_image(request)
 
     report(Progress.entering(Phase.DENOISING, params.num_inference_steps))
-    denoised = None
-    with timed(timings, "denoise"):
-        async with aclosing(stages.denoise(request.task, conditioning, params, image, checkpoint)) as events:
-            async for event in events:
-                if isinstance(event, StepProgress):
-                    report(Progress.denoised(event))
-                else:
-                    denoised = event
+    denoised = decoded = None
+    stopwatch = Stopwatch()
+    async with aclosing(stages.denoise(request.task, conditioning, params, image, checkpoint)) as events:
+        async for event in events:
+            if isinstance(event, StepProgress):
+                report(Progress.denoised(event))
+            elif isinstance(event, Denoised):
+                denoised = event
+                # the weights' time (a model swap, LoRA loads) is taken out of the denoising's
+                timings["denoise"] = stopwatch.elapsed() - event.weights_s
+                if event.weights_s:
+                    timings["weights"] = event.weights_s
+                if checkpoint is not None:
+                    with timed(timings, "checkpoint"):
+                        await asyncio.to_thread(checkpoint.save, event.latents)
+                report(Progress.entering(Phase.DECODING, params.num_inference_steps))
+            else:
+                decoded = event
     if denoised is None:
         raise RuntimeError("the denoise stage ended without latents")
-    if denoised.weights_s:
-        timings["weights"] = denoised.weights_s
-        timings["denoise"] -= denoised.weights_s
-    return denoised.latents
+    return denoised.latents, decoded
 
 
 def run_sync(coroutine: Coroutine[Any, Any, Result]) -> Result:

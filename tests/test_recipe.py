@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from skyreels.progress import GenerationCancelled, Phase, Progress, StepProgress
-from skyreels.recipe import Denoised, generate, run_sync
+from skyreels.recipe import Decoded, Denoised, generate, run_sync
 from skyreels.request import GenerationRequest, Task
 
 SMALL = dict(height=64, width=64, num_frames=9, num_inference_steps=3, seed=1)
@@ -21,6 +21,7 @@ class RecordingStages:
         self.calls: list[tuple] = []
         self.denoise_closed = False
         self.weights_s = 0.0  # what a gang reports for putting the task's weights in place
+        self.decodes_in_denoise: str | Exception | None = None  # a gang that decodes in the denoise call: its video
 
     async def encode_text(self, prompt, negative_prompt):
         self.calls.append(("encode_text", prompt, negative_prompt))
@@ -36,6 +37,10 @@ class RecordingStages:
             for step in range(1, params.num_inference_steps + 1):
                 yield StepProgress(step, params.num_inference_steps)
             yield Denoised(torch.zeros(1), weights_s=self.weights_s)
+            if isinstance(self.decodes_in_denoise, Exception):
+                raise self.decodes_in_denoise
+            if self.decodes_in_denoise is not None:
+                yield Decoded(self.decodes_in_denoise, seconds=0.5)
         finally:
             self.denoise_closed = True
 
@@ -64,6 +69,46 @@ def test_a_weight_swap_is_its_own_timing_taken_out_of_the_denoise(monkeypatch: p
     stages.weights_s = 0.25
     generated = run_sync(generate(GenerationRequest(prompt="a kite", **SMALL), stages))
     assert generated.timings == {"text_encode": 1.0, "weights": 0.25, "denoise": 0.75, "decode": 1.0}
+
+
+class MemoryCheckpoint:
+    def __init__(self) -> None:
+        self.latents: torch.Tensor | None = None
+
+    def load(self):
+        return self.latents
+
+    def save(self, latents):
+        self.latents = latents
+
+    def load_steps(self):
+        return None
+
+    def save_steps(self, state):
+        raise AssertionError("no step is paused here")
+
+
+def test_a_denoise_stage_that_decodes_too_makes_the_output_without_a_decode_call() -> None:
+    stages, seen, checkpoint = RecordingStages(), [], MemoryCheckpoint()
+    stages.decodes_in_denoise = "video decoded on the gang"
+    generated = run_sync(generate(GenerationRequest(prompt="a kite", **SMALL), stages, seen.append, checkpoint))
+    assert generated.output == "video decoded on the gang" and not generated.resumed
+    assert [call[0] for call in stages.calls] == ["encode_text", "denoise"]
+    assert generated.timings["decode"] == 0.5 and {"denoise", "checkpoint"} <= set(generated.timings)
+    assert [p.phase for p in seen][-2:] == [Phase.DENOISING, Phase.DECODING]
+    assert checkpoint.latents is not None  # kept as soon as they were in, before the gang decoded
+
+
+def test_an_in_stage_decode_that_fails_leaves_the_latents_for_a_run_that_starts_at_the_decode() -> None:
+    stages, checkpoint = RecordingStages(), MemoryCheckpoint()
+    stages.decodes_in_denoise = RuntimeError("the gang's VAE ran out of memory")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_sync(generate(GenerationRequest(prompt="a kite", **SMALL), stages, checkpoint=checkpoint))
+    assert checkpoint.latents is not None
+    again = RecordingStages()
+    generated = run_sync(generate(GenerationRequest(prompt="a kite", **SMALL), again, checkpoint=checkpoint))
+    assert generated.resumed and generated.output == "video"
+    assert [call[0] for call in again.calls] == ["decode"]
 
 
 def test_without_cfg_no_negative_prompt_is_encoded() -> None:

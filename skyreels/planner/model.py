@@ -7,13 +7,15 @@ What it follows from the app (serve_app, deployments, skyreels.sim):
   the oldest job has waited `model_group_delay_s`), oldest first; at most `max_running_jobs` jobs in the stages;
 - a job: text encoding (TextEncoder), the I2V image's encoding (Vae), the denoising on a gang (a weight swap
   first when the gang holds another model, a LoRA load when the adapters differ; the step cache skips a share
-  of the steps), then the decode and the mux, a call of its own to the Vae or to a gang; a stage call fails with `fail_rate` and the
-  job runs again from the start, `max_attempts` runs at most;
+  of the steps), then the decode and the mux: a call of its own to the Vae, or at the end of the denoise call on the
+  gang that denoised; a stage fails with `fail_rate` and the job runs again from the start, `max_attempts` runs at
+  most;
 - Serve's router: a request goes to a ready replica with fewer than `max_ongoing_requests` (for the Denoiser,
   one holding the job's model first, then the least loaded), and a replica runs one request at a time. When
   every replica is full the requests wait, each retrying with its own backoff: whichever retries first after a
-  replica frees takes it, so the order among waiting requests is, in effect, random (the real app's traces show
-  a decode on the gang waiting behind denoising calls made after it: benchmarks/planner_validation.py);
+  replica frees takes it, so the order among waiting requests is, in effect, random (the real app's traces showed
+  a decode on the gang, when it was a call of its own, waiting behind denoising calls made after it:
+  benchmarks/planner_validation.py);
 - Serve's autoscaler: every `control_period_s`, the deployment's ongoing requests (queued and running) over
   `target_ongoing_requests`, averaged over `look_back_s`, rounded up and clipped, once it has held for the
   upscale (downscale) delay; a new replica needs room on a node (a node starts in `node_start_s` when none has
@@ -476,16 +478,20 @@ class ServedAppModel:
             raise StageFailed("text")
         if arrival.task == "i2v":
             yield from self.vae.call(lambda _: vae_profile.vae_encode.at(arrival.shape.first_frame()))
-        yield from self.gangs.call(lambda gang: self._gang_seconds(gang, arrival, gang_profile), model=arrival.task,
-                                   held_extra_s=orch.gang_held_s)
+        on_gang = app.decode_on == "gang"  # then decoded at the end of the denoise call, on the gang that denoised
+        decoder_profile, decode_ranks = (gang_profile, app.gang_size) if on_gang else (vae_profile, 1)
+
+        def decode_seconds(_: Replica | None = None) -> float:
+            return decoder_profile.decode_seconds(arrival.shape, decode_ranks) + decoder_profile.mux.at(arrival.shape)
+
+        yield from self.gangs.call(
+            lambda gang: self._gang_seconds(gang, arrival, gang_profile) + (decode_seconds() if on_gang else 0.0),
+            model=arrival.task, held_extra_s=orch.gang_held_s + (orch.decode_held_s if on_gang else 0.0))
         yield self.env.timeout(orch.gang_s - orch.gang_held_s)
         if self._fails():
             raise StageFailed("denoise")
-        # a call of its own: on the gang it is routed to any gang anew, behind the denoising waiting there
-        decoder, decode_profile, ranks = ((self.vae, vae_profile, 1) if app.decode_on == "vae"
-                                          else (self.gangs, gang_profile, app.gang_size))
-        yield from decoder.call(lambda _: decode_profile.decode_seconds(arrival.shape, ranks)
-                                + decode_profile.mux.at(arrival.shape), held_extra_s=orch.decode_held_s)
+        if not on_gang:
+            yield from self.vae.call(decode_seconds, held_extra_s=orch.decode_held_s)
         yield self.env.timeout(orch.decode_s - orch.decode_held_s)
         if self._fails():
             raise StageFailed("decode")

@@ -15,7 +15,7 @@ from serve_app.schemas import Job, VideoCreateParams
 from skyreels.artifacts import VIDEO, ArtifactStore, StoredVideo
 from skyreels.models import SERVED_MODEL_IDS, ServedModel
 from skyreels.progress import StepProgress, StepState
-from skyreels.recipe import Denoised
+from skyreels.recipe import Decoded, Denoised
 from skyreels.request import Task
 
 SERVED = [ServedModel(SERVED_MODEL_IDS[Task.T2V], Task.T2V, "tiny")]
@@ -67,8 +67,10 @@ class Stages:
         await self._enter("encode")
         return "conditioning"
 
-    async def denoise(self, task, conditioning, params, image, checkpoint=None, trace=None) -> AsyncIterator:
-        """As the gang: goes on from the step the checkpoint holds, and saves the step it is stopped at."""
+    async def denoise(self, task, conditioning, params, image, checkpoint=None, trace=None,
+                      decode_to=None) -> AsyncIterator:
+        """As the gang: goes on from the step the checkpoint holds, and saves the step it is stopped at; with
+        `decode_to`, decodes at the end of the call."""
         resume = checkpoint.load_steps() if checkpoint is not None else None
         done = resume.step if resume is not None else 0
         self.started_at_step.append(done)
@@ -84,7 +86,10 @@ class Stages:
                 done = step
                 self.steps_run += 1
                 yield StepProgress(step, params.num_inference_steps)
-            yield Denoised(torch.full((1, 4, 3, 8, 8), 0.5))
+            latents = torch.full((1, 4, 3, 8, 8), 0.5)
+            yield Denoised(latents)
+            if decode_to is not None:
+                yield Decoded(await self.decode_to_storage(decode_to.job_id, latents, decode_to.fps), seconds=0.02)
         finally:
             if checkpoint is not None and done < params.num_inference_steps:
                 checkpoint.save_steps(StepState(done, torch.full((1, 4, 3, 8, 8), float(done))))
@@ -97,8 +102,9 @@ class Stages:
         return StoredVideo(decode_seconds=0.01, mux_seconds=0.01)
 
     def handles(self) -> tuple[Handle, Handle, Handle]:
+        """The TextEncoder, the Denoiser (it decodes too, where the runner decodes on the gang) and the Vae."""
         text = Handle(encode=self.encode)
-        denoiser = Handle(denoise=self.denoise)
+        denoiser = Handle(denoise=self.denoise, decode_to_storage=self.decode_to_storage)
         vae = Handle(decode_to_storage=self.decode_to_storage)
         return text, denoiser, vae
 

@@ -25,19 +25,20 @@ def place(tmp_path: Path) -> tuple[Path, ArtifactStore]:
     return tmp_path / "jobs.sqlite3", ArtifactStore(str(tmp_path / "artifacts"))
 
 
-def runner_on(place, stages: Stages, **policy) -> JobRunner:
+def runner_on(place, stages: Stages, decode_on_gang: bool = False, **policy) -> JobRunner:
     database, artifacts = place
-    return JobRunner(SqliteJobStore(database), artifacts, *stages.handles(), JobPolicy(**(FAST | policy)), JobMetrics())
+    return JobRunner(SqliteJobStore(database), artifacts, *stages.handles(), JobPolicy(**(FAST | policy)), JobMetrics(),
+                     decode_on_gang=decode_on_gang)
 
 
 def run_one_job(place, faults: dict[str, list] | None = None, hang: tuple[str, ...] = (),
-                **policy) -> tuple[Stages, Job]:
+                decode_on_gang: bool = False, **policy) -> tuple[Stages, Job]:
     """One job through a fresh runner whose stages fail (`faults`) or never answer (`hang`) as told."""
     async def scenario():
         stages = Stages(place[1])
         stages.faults.update(faults or {})
         stages.hang.update({stage: asyncio.Event() for stage in hang})
-        runner = runner_on(place, stages, **policy)
+        runner = runner_on(place, stages, decode_on_gang, **policy)
         await runner.start()
         job = await finished(runner, (await submit(runner)).id)
         await runner.stop()
@@ -53,6 +54,20 @@ def test_a_decode_lost_after_denoising_resumes_from_the_checkpoint(place) -> Non
     assert [a.error.code if a.error else None for a in job.attempts] == [ErrorCode.STAGE_LOST, None]
     assert not place[1].exists(job.id, LATENTS)  # the checkpoint is deleted with the job completed
     assert place[1].exists(job.id, VIDEO)
+
+
+def test_on_the_gang_the_decode_is_made_in_the_denoise_call(place) -> None:
+    stages, job = run_one_job(place, decode_on_gang=True)
+    assert job.status is JobStatus.COMPLETED and place[1].exists(job.id, VIDEO)
+    assert stages.calls == {"encode": 1, "denoise": 1, "decode": 1} and stages.decoded[job.id] == 1
+    assert job.metrics["decode"] == pytest.approx(0.02)  # the gang's Decoded: no decode call of its own
+
+
+def test_a_decode_that_fails_on_the_gang_runs_again_from_the_checkpoint(place) -> None:
+    stages, job = run_one_job(place, faults={"decode": [ActorDiedError()]}, decode_on_gang=True)
+    assert job.status is JobStatus.COMPLETED and job.resumed_from_checkpoint
+    assert stages.calls == {"encode": 1, "denoise": 1, "decode": 2}
+    assert [a.error.code if a.error else None for a in job.attempts] == [ErrorCode.STAGE_LOST, None]
 
 
 def test_a_lost_gang_worker_runs_the_job_again_from_the_start(place) -> None:
