@@ -71,6 +71,7 @@ class GangStarts(Sampler):
         self._appeared += [now] * max(0, starting + came_up - len(self._appeared))
         for _ in range(min(came_up, len(self._appeared))):
             self.seconds.append(now - self._appeared.pop(0))
+        del self._appeared[starting:]  # stopped before they ran (scaled down while starting)
         self._running = running
 
     def wait_for_start(self, timeout_s: float) -> None:

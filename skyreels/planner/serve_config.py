@@ -23,12 +23,12 @@ from skyreels.sim.source import SimOptions
 DEFAULT_GPU_TYPE = "A800-80GB"  # the sim's published profile; a config without gpu_type
 SERVE_LOOK_BACK_S = 30.0  # Serve's default look_back_period_s
 APP_MAX_RUNNING_JOBS = 4  # AppConfig.max_running_jobs's default
-# Wall seconds on the 2-core development machine, idle (benchmarks/plan_burst.py's first run): a lone job of the sim
+# Wall seconds on the 2-core development machine, idle (benchmarks/results/plan_burst.md): a lone job of the sim
 # config (gang of 2, decode on the Vae) beyond what its stages hold, and a new Denoiser replica's start (its actor,
-# two rank actors, the process group and the sim's stages).
-SIM_LOCAL_ORCHESTRATION = Orchestration(text_s=0.047, gang_s=0.262, gang_held_s=0.215, decode_s=0.24,
-                                        decode_held_s=0.19, per_job_s=0.055)
-SIM_LOCAL_GANG_START_S = 8.0  # an estimate: the burst run saw the app start no second gang (plan_burst.md)
+# two rank actors, the process group and the sim's stages, while the burst runs beside it).
+SIM_LOCAL_ORCHESTRATION = Orchestration(text_s=0.052, gang_s=0.314, gang_held_s=0.246, decode_s=0.241,
+                                        decode_held_s=0.179, per_job_s=0.003)
+SIM_LOCAL_GANG_START_S = 29.0
 SIM_LOCAL_STAGE_START_S = 3.0
 
 
