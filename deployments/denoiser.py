@@ -5,9 +5,10 @@ A replica owns a placement group of one bundle for itself plus `gpus_per_replica
 `DiTWorker` actor in each GPU bundle (each wraps skyreels' Ray-free `GangRank`), joins them into one
 torch.distributed group and sends them commands, request by request: every command goes to the
 ranks it declares, and rank 0 answers. With `decode` on, the gang also decodes its videos (the
-parallel VAE over its ranks) and stores them: in its own call, or at the end of the job's denoise call
-(`decode_to`), which keeps the decode on the gang that denoised, with no second trip through the router. A lost worker poisons the gang: the request fails
-with `GangWorkerDied`, `check_health` fails, and Serve builds a fresh replica.
+parallel VAE over its ranks) and stores them: at the end of the job's denoise call (`decode_to`: no
+second trip through the router), or in a call of its own (a run that resumes at the decode). A lost
+worker poisons the gang: the request fails with `GangWorkerDied`, `check_health` fails, and Serve
+builds a fresh replica.
 """
 
 from __future__ import annotations

@@ -56,18 +56,22 @@ class ServeStages:
         when the runner asks there (LatentCheckpoint.request_stop)."""
         if self.gang_turn is not None:
             await self.gang_turn()
+        decode_to = {"decode_to": self.gang_decodes_to} if self.gang_decodes_to else {}
         for attempt in range(GANG_RETRIES + 1):
+            answered = False
             try:
                 # routed to a gang that holds the task's model, when one is free (Serve's model multiplexing)
                 gang = self.denoiser.options(multiplexed_model_id=SERVED_MODEL_IDS[task])
                 with call_span("denoise") as trace:
-                    decode_to = {"decode_to": self.gang_decodes_to} if self.gang_decodes_to else {}
                     async for event in gang.denoise.remote(task, conditioning, params, image, checkpoint,
                                                            trace=trace, **decode_to):
+                        answered = True
                         yield event
                 return
             except GangUnavailable:
-                if attempt == GANG_RETRIES:
+                # broken between the job's denoising and its decode: the run ends (and runs again, from the
+                # latents checkpointed by then); broken before it began: another gang is awaited
+                if answered or attempt == GANG_RETRIES:
                     raise
                 logger.warning("job %s: the DiT gang is being replaced; retrying in %.0f s", self.job_id, GANG_RETRY_S)
                 await asyncio.sleep(GANG_RETRY_S)

@@ -10,7 +10,7 @@ import pytest
 from ray.exceptions import ActorDiedError
 from stand_in_stages import Stages, finished, inside, submit
 
-from deployments.errors import GangWorkerDied
+from deployments.errors import GangUnavailable, GangWorkerDied
 from serve_app.metrics import JobMetrics
 from serve_app.runner import JobPolicy, JobRunner
 from serve_app.schemas import ErrorCode, Job, JobStatus
@@ -63,11 +63,14 @@ def test_on_the_gang_the_decode_is_made_in_the_denoise_call(place) -> None:
     assert job.metrics["decode"] == pytest.approx(0.02)  # the gang's Decoded: no decode call of its own
 
 
-def test_a_decode_that_fails_on_the_gang_runs_again_from_the_checkpoint(place) -> None:
-    stages, job = run_one_job(place, faults={"decode": [ActorDiedError()]}, decode_on_gang=True)
+@pytest.mark.parametrize(("fault", "code"), [(ActorDiedError(), ErrorCode.STAGE_LOST),
+                                             (GangUnavailable("poisoned after the steps"), ErrorCode.WORKER_DIED)])
+def test_a_decode_lost_on_the_gang_runs_again_from_the_checkpoint(place, fault, code) -> None:
+    """Not retried as a gang that was broken before the call began: that would denoise again."""
+    stages, job = run_one_job(place, faults={"decode": [fault]}, decode_on_gang=True)
     assert job.status is JobStatus.COMPLETED and job.resumed_from_checkpoint
     assert stages.calls == {"encode": 1, "denoise": 1, "decode": 2}
-    assert [a.error.code if a.error else None for a in job.attempts] == [ErrorCode.STAGE_LOST, None]
+    assert [a.error.code if a.error else None for a in job.attempts] == [code, None]
 
 
 def test_a_lost_gang_worker_runs_the_job_again_from_the_start(place) -> None:
