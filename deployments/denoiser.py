@@ -60,14 +60,41 @@ def gang_bundles(
     return [{"CPU": replica_cpus}] + [worker] * gpus_per_replica
 
 
+class CommandStops:
+    """The rank's stop flag, set for the command a cancel names. A threaded actor runs its calls in any order: a
+    cancel may reach the rank before the command it cancels starts, and must still stop it (clearing the flag at
+    the start would lose it; the other ranks would stop without this one)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self._guard = threading.Lock()
+        self._running = -1
+        self._cancelled = -1  # the newest command a cancel named
+
+    def begin(self, command_id: int) -> None:
+        with self._guard:
+            self._running = command_id
+            if self._cancelled >= command_id:
+                self.stop.set()
+            else:
+                self.stop.clear()
+
+    def cancel(self, command_id: int) -> None:
+        with self._guard:
+            self._cancelled = max(self._cancelled, command_id)
+            if self._running == command_id:
+                self.stop.set()
+
+
 class DiTWorker:
     """One rank of the gang as a Ray actor: a thin wrapper around GangRank (Ray shows it one GPU, cuda:0)."""
 
     def __init__(self, spec: RankSpec, rank: int, tracing: TracingConfig | None = None) -> None:
         setup_tracing(tracing or TracingConfig(), f"DiTWorker rank {rank}")
-        self.stop = threading.Event()
+        stop = threading.Event()
+        self.stops = CommandStops(stop)
         self.busy = threading.Lock()  # held while a command runs
-        self.rank = GangRank(spec, rank, cuda_index=0, stop=self.stop)
+        self.rank = GangRank(spec, rank, cuda_index=0, stop=stop)
 
     def rendezvous(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), free_port()
@@ -78,16 +105,16 @@ class DiTWorker:
     def ping(self) -> int:
         return self.rank.rank
 
-    def cancel(self) -> None:
-        self.stop.set()
+    def cancel(self, command_id: int) -> None:
+        self.stops.cancel(command_id)
 
     def idle(self) -> None:
         """Returns once no command runs (a stopped one has saved its step)."""
         with self.busy:
             pass
 
-    def run(self, command: Command, trace: Carrier | None = None) -> Iterator[Any]:
-        self.stop.clear()
+    def run(self, command: Command, command_id: int, trace: Carrier | None = None) -> Iterator[Any]:
+        self.stops.begin(command_id)
         with self.busy, served_span(f"DiTWorker.{type(command).__name__}", trace, rank=self.rank.rank):
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
@@ -131,7 +158,9 @@ class Denoiser:
                 name=f"DiTWorker:{replica}:{rank}",
                 num_cpus=worker_cpus,
                 num_gpus=gpu_fraction if reserve_gpus else 0,
-                max_concurrency=2,  # `cancel` must get through while `run` runs
+                # `cancel`, `idle` (a cancelled request waiting for the ranks) and the health check's `ping` must
+                # all get through while `run` runs a step, however long
+                max_concurrency=4,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group, placement_group_bundle_index=rank + 1
                 ),
@@ -142,6 +171,7 @@ class Denoiser:
         ray.get([worker.join.remote(master_addr, master_port) for worker in self.workers])
         self._dead: str | None = None
         self._lock = asyncio.Lock()
+        self._commands = 0  # commands sent so far: a cancel names the one it stops
         logger.info("DiT gang of %d worker(s) ready (decodes: %s)", gpus_per_replica, spec.decode)
 
     async def denoise(
@@ -215,19 +245,22 @@ class Denoiser:
             workers = [self.workers[rank] for rank in ranks_for(command, len(self.workers))]
             # serialized once into the object store, not once per rank (embeddings, latents: megabytes each)
             sent = ray.put(command) if len(workers) > 1 else command
-            streams = [worker.run.options(num_returns="streaming").remote(sent, trace) for worker in workers]
+            self._commands += 1
+            command_id = self._commands
+            streams = [worker.run.options(num_returns="streaming").remote(sent, command_id, trace)
+                       for worker in workers]
             others = asyncio.gather(*(self._drain(stream) for stream in streams[1:]))
             try:
                 async for item in self._watched(streams[0], command):
                     if checkpoint is not None and await asyncio.to_thread(checkpoint.stop_requested):
                         for worker in workers:  # the job's runner let go of it: stop (and save) after this step
-                            worker.cancel.remote()
+                            worker.cancel.remote(command_id)
                     yield item
                 await others
             except (asyncio.CancelledError, GeneratorExit):
                 # stop at the next step, and keep the gang until every rank has stopped
                 for worker in workers:
-                    worker.cancel.remote()
+                    worker.cancel.remote(command_id)
                 # a cancelled request's streams may end before their tasks do: wait for the ranks themselves
                 await asyncio.shield(asyncio.gather(self._drain(streams[0]), others,
                                                     *(worker.idle.remote() for worker in workers),
