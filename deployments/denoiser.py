@@ -158,9 +158,7 @@ class Denoiser:
                 name=f"DiTWorker:{replica}:{rank}",
                 num_cpus=worker_cpus,
                 num_gpus=gpu_fraction if reserve_gpus else 0,
-                # `cancel`, `idle` (a cancelled request waiting for the ranks) and the health check's `ping` must
-                # all get through while `run` runs a step, however long
-                max_concurrency=4,
+                max_concurrency=2,  # `cancel` must get through while `run` runs
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group, placement_group_bundle_index=rank + 1
                 ),
