@@ -103,7 +103,8 @@ def main() -> None:
         lone_ids = [drain(client, [client.submit(f"lone job {i}", seed=i)["id"]])[0]["id"]
                     for i in range(args.lone_jobs)]
         seconds = call_seconds(spans_by_job(root / "spans"), lone_ids, lone)
-        orchestration = orchestration_of(seconds, held_seconds(lone.gang, lone.decode_on, options.timings, options.time_factor), seconds)
+        held = held_seconds(lone.gang, lone.decode_on, options.timings, options.time_factor)
+        orchestration = orchestration_of(seconds, held, seconds)
         submitted = time.time()
         ids = [client.submit(f"burst job {i}", seed=i)["id"] for i in range(args.burst)]
         drain(client, ids, timeout_s=600)

@@ -56,7 +56,6 @@ class ServeStages:
         when the runner asks there (LatentCheckpoint.request_stop)."""
         if self.gang_turn is not None:
             await self.gang_turn()
-        decode_to = {"decode_to": self.gang_decodes_to} if self.gang_decodes_to else {}
         for attempt in range(GANG_RETRIES + 1):
             answered = False
             try:
@@ -64,7 +63,7 @@ class ServeStages:
                 gang = self.denoiser.options(multiplexed_model_id=SERVED_MODEL_IDS[task])
                 with call_span("denoise") as trace:
                     async for event in gang.denoise.remote(task, conditioning, params, image, checkpoint,
-                                                           trace=trace, **decode_to):
+                                                           decode_to=self.gang_decodes_to, trace=trace):
                         answered = True
                         yield event
                 return

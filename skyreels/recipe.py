@@ -77,11 +77,11 @@ class Stages(Protocol[Output]):
     async def encode_image(self, request: GenerationRequest) -> ImageCondition: ...
 
     def denoise(self, task: Task, conditioning: Conditioning, params: DenoiseParams, image: ImageCondition | None,
-                checkpoint: Checkpoint | None = None) -> AsyncIterator[StepProgress | Denoised]:
+                checkpoint: Checkpoint | None = None) -> AsyncIterator[StepProgress | Denoised | Decoded[Output]]:
         """StepProgress after every step, then Denoised, then Decoded where these stages decode on the denoise
         stage (then `decode` is called only for a run that resumes at the decode). Closing the stream early stops
-        the steps. With a checkpoint, the steps go on from the step it holds (if any), and a stream closed early saves the step the
-        steps stopped at (`save_steps`, before the stage takes other work)."""
+        the steps. With a checkpoint, the steps go on from the step it holds (if any), and a stream closed early
+        saves the step the steps stopped at (`save_steps`, before the stage takes other work)."""
         ...
 
     async def decode(self, latents: torch.Tensor, request: GenerationRequest) -> Output: ...

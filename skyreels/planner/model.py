@@ -481,7 +481,7 @@ class ServedAppModel:
         on_gang = app.decode_on == "gang"  # then decoded at the end of the denoise call, on the gang that denoised
         decoder_profile, decode_ranks = (gang_profile, app.gang_size) if on_gang else (vae_profile, 1)
 
-        def decode_seconds(_: Replica | None = None) -> float:
+        def decode_seconds() -> float:
             return decoder_profile.decode_seconds(arrival.shape, decode_ranks) + decoder_profile.mux.at(arrival.shape)
 
         yield from self.gangs.call(
@@ -491,7 +491,7 @@ class ServedAppModel:
         if self._fails():
             raise StageFailed("denoise")
         if not on_gang:
-            yield from self.vae.call(decode_seconds, held_extra_s=orch.decode_held_s)
+            yield from self.vae.call(lambda _: decode_seconds(), held_extra_s=orch.decode_held_s)
         yield self.env.timeout(orch.decode_s - orch.decode_held_s)
         if self._fails():
             raise StageFailed("decode")
